@@ -1,0 +1,333 @@
+"""The ModelDeployment spec, modelled once.
+
+These models are the single source of truth: the CRD's openAPIV3Schema is generated
+from them (see crd.py), and the operator parses every object through them. Bounds,
+enums and defaults live in Field(); cross-field rules are CEL, attached with `cel()`
+so the API server enforces them at `kubectl apply`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+DEFAULT_S3_FETCH_IMAGE = "amazon/aws-cli:2.31.18"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# Flags peakserve sets itself; overriding them through extraArgs would break probes or ports.
+MANAGED_TRITON_FLAGS = (
+    "--model-repository", "--model-store", "--http-port", "--grpc-port", "--metrics-port",
+    "--model-control-mode", "--strict-readiness", "--allow-metrics",
+)
+
+
+def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
+    """x-kubernetes-validations for a model: (rule, message[, fieldPath]) tuples."""
+    validations = []
+    for rule, message, *path in rules:
+        entry = {"rule": rule, "message": message}
+        if path:
+            entry["fieldPath"] = path[0]
+        validations.append(entry)
+    return {"x-kubernetes-validations": validations}
+
+
+class Spec(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected, frozen once parsed."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True, use_enum_values=True)
+
+
+class ModelFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    pytorch = "pytorch"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class DataType(str, Enum):
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    BF16 = "BF16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    STRING = "STRING"
+
+
+NAME_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
+
+
+class Tensor(Spec):
+    """One input or output tensor of the model, as Triton's model configuration declares it."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN,
+                      description="Tensor name, exactly as in the model file.")
+    data_type: DataType = Field(description="Element type, Triton's TYPE_* without the prefix.")
+    dims: list[Annotated[int, Field(ge=-1)]] = Field(min_length=1, max_length=8,
+                            description="Shape without the batch dimension; -1 marks a variable dimension.")
+
+
+class ModelSpec(Spec):
+    """What to serve: the model's name in Triton, where its files are, and its signature."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.credentialsSecret) || self.uri.startsWith('s3://')",
+         "credentialsSecret applies only to s3:// URIs", ".credentialsSecret"),
+    ))
+
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN,
+                      description="Model name inside Triton; clients call /v2/models/<name>/infer.")
+    version: int = Field(default=1, ge=1, le=1_000_000,
+                         description="Model version directory the files are served as.")
+    uri: str = Field(
+        min_length=1, max_length=1024, pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[^/]+(/.*)?|/.*)$",
+        description="Where the model version's files are: pvc://CLAIM/PATH, s3://BUCKET/PREFIX, "
+                    "or an absolute node-local path for development.")
+    format: ModelFormat = Field(default=ModelFormat.onnx, description="File format of the model.")
+    precision: Precision = Field(default=Precision.fp32, description="Numeric precision being served.")
+    max_batch_size: int = Field(default=64, ge=0, le=65536,
+                                description="Largest batch Triton forms; 0 disables batching.")
+    inputs: list[Tensor] = Field(min_length=1, max_length=64, description="Input tensors.")
+    outputs: list[Tensor] = Field(min_length=1, max_length=64, description="Output tensors.")
+    credentials_secret: str | None = Field(
+        default=None, max_length=253,
+        description="Secret whose keys become environment variables of the model fetcher "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) for s3:// URIs.")
+
+
+class InstanceKind(str, Enum):
+    GPU = "GPU"
+    CPU = "CPU"
+
+
+class InstanceGroup(Spec):
+    """How many copies of the model Triton runs, and where (Triton's instance_group)."""
+
+    kind: InstanceKind = Field(default=InstanceKind.GPU, description="Run the instances on GPU or CPU.")
+    count: int = Field(default=1, ge=1, le=64, description="Model instances per device.")
+
+
+class DynamicBatching(Spec):
+    """Triton's dynamic batcher: combines single requests into batches on the server."""
+
+    enabled: bool = Field(default=True, description="Turn the dynamic batcher on.")
+    max_queue_delay_microseconds: int = Field(
+        default=100, ge=0, le=10_000_000,
+        description="How long a request may wait in the queue for a batch to fill, in microseconds.")
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, max_length=16,
+        description="Batch sizes the batcher should aim for.")
+
+
+QUANTITY = {"x-kubernetes-int-or-string": True,
+            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}
+RESOURCE_LIST = {
+    "type": "object",
+    "maxProperties": 16,
+    "additionalProperties": QUANTITY,
+    "x-kubernetes-validations": [{"rule": "self.all(k, !k.startsWith('nvidia.com/'))",
+                                  "message": "set GPUs with serving.gpus and serving.gpuResource"}],
+}
+
+
+class ResourceRequirements(Spec):
+    """Requests and limits for CPU, memory and ephemeral storage, as in a Pod."""
+
+    requests: dict[str, int | str] = Field(
+        default_factory=lambda: {"cpu": "2", "memory": "8Gi"},
+        json_schema_extra=RESOURCE_LIST, description="Minimum resources the scheduler reserves.")
+    limits: dict[str, int | str] = Field(
+        default_factory=lambda: {"memory": "8Gi"},
+        json_schema_extra=RESOURCE_LIST, description="Hard caps; a memory limit equal to the request avoids OOM surprises.")
+
+
+class Toleration(Spec):
+    """A Pod toleration; the nvidia.com/gpu NoSchedule toleration is always added."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key to tolerate.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty means all.")
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+IntOrPercent = {"x-kubernetes-int-or-string": True, "pattern": r"^(0|[1-9][0-9]*)%?$"}
+
+
+class Rollout(Spec):
+    """Rolling update of the Triton pods. The default replaces one pod at a time and never
+    asks for an extra GPU, so a rollout cannot stall on a surge pod that no node can fit."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
+         "maxSurge and maxUnavailable cannot both be zero"),
+    ))
+
+    max_surge: int | str = Field(default=0, json_schema_extra=IntOrPercent,
+                                 description="Extra pods allowed above the desired count during a rollout. "
+                                             "Each one needs free GPUs.")
+    max_unavailable: int | str = Field(default=1, json_schema_extra=IntOrPercent,
+                                       description="Pods that may be down during a rollout.")
+
+
+class ServingSpec(Spec):
+    """How Triton runs: image, GPUs, placement, and Triton's own settings."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.gpus > 0 || !has(self.gpuProduct)", "gpuProduct needs gpus > 0", ".gpuProduct"),
+        ("self.gpus > 0 || self.instanceGroups.all(g, g.kind == 'CPU')",
+         "GPU instance groups need gpus > 0; use kind: CPU for CPU-only serving", ".instanceGroups"),
+    ))
+
+    image: str = Field(default=DEFAULT_TRITON_IMAGE, min_length=1, max_length=512,
+                       description="Triton Inference Server image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="When the kubelet pulls the image.")
+    image_pull_secrets: list[Annotated[str, Field(max_length=253)]] = Field(default_factory=list, max_length=16,
+                                          description="Secrets for pulling from a private registry.")
+    gpus: int = Field(default=1, ge=0, le=16, description="GPUs per replica; 0 serves on CPU.")
+    gpu_resource: str = Field(
+        default="nvidia.com/gpu", pattern=r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb)$",
+        description="Extended resource to request: nvidia.com/gpu, or a MIG slice such as nvidia.com/mig-1g.10gb.")
+    gpu_product: str | None = Field(
+        default=None, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description=f"GPU model to run on, matched against the node label {GPU_PRODUCT_LABEL} "
+                    "that GPU feature discovery sets (for example NVIDIA-A10).")
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements,
+                                            description="CPU and memory per replica.")
+    node_selector: dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 32},
+                                          description="Extra node labels to match.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32,
+                                          description="Extra tolerations.")
+    affinity: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Pod affinity and anti-affinity, as in a Pod spec.")
+    priority_class_name: str | None = Field(default=None, max_length=253,
+                                            description="PriorityClass of the Triton pods.")
+    instance_groups: list[InstanceGroup] = Field(
+        default_factory=lambda: [InstanceGroup()], min_length=1, max_length=8,
+        description="Triton instance groups (how many model copies run per device).")
+    dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching,
+                                              description="Triton's dynamic batcher.")
+    extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list, max_length=32,
+        json_schema_extra=cel(tuple([
+            "self.all(a, " + " && ".join(f"!a.startsWith('{f}')" for f in MANAGED_TRITON_FLAGS) + ")",
+            "extraArgs cannot override flags peakserve manages: " + ", ".join(MANAGED_TRITON_FLAGS),
+        ])),
+        description="Extra tritonserver flags, such as --log-verbose=1.")
+    startup_timeout_seconds: int = Field(
+        default=900, ge=30, le=7200,
+        description="How long a pod may take to load its model before it is restarted.")
+    rollout: Rollout = Field(default_factory=Rollout, description="Rolling-update strategy.")
+
+
+class Metric(str, Enum):
+    queueTime = "queueTime"
+    pendingRequests = "pendingRequests"
+    gpuUtilization = "gpuUtilization"
+
+
+class ScalingRules(Spec):
+    """One direction of HPA behavior: how fast replicas may be added or removed.
+    Unset fields take the direction's defaults (see SCALE_UP and SCALE_DOWN)."""
+
+    stabilization_window_seconds: int | None = Field(default=None, ge=0, le=3600,
+                                                     description="Look-back window that damps flapping.")
+    max_pods: int | None = Field(default=None, ge=1, le=1000, description="At most this many pods per period.")
+    max_percent: int | None = Field(default=None, ge=1, le=1000,
+                                    description="At most this percentage of current pods per period.")
+    period_seconds: int | None = Field(default=None, ge=1, le=1800, description="Length of one period.")
+
+    def with_defaults(self, defaults: "ScalingRules") -> "ScalingRules":
+        return defaults.model_copy(update=self.model_dump(exclude_none=True))
+
+
+# Up fast (a promotion minute is no time to wait), down slowly (a GPU pod takes minutes to come back).
+SCALE_UP = ScalingRules(stabilization_window_seconds=0, max_pods=4, max_percent=100, period_seconds=15)
+SCALE_DOWN = ScalingRules(stabilization_window_seconds=300, max_pods=1, max_percent=10, period_seconds=60)
+
+
+class AutoscalingSpec(Spec):
+    """Metric-driven replicas through a HorizontalPodAutoscaler. When set, spec.replicas is ignored
+    and peakserve never writes the Deployment's replica count."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas"),
+        ("self.metric != 'gpuUtilization' || self.target <= 100",
+         "gpuUtilization target is a percentage (1-100)", ".target"),
+    ))
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    metric: Metric = Field(
+        default=Metric.queueTime,
+        description="Load signal: queueTime (average queue time per request, microseconds), "
+                    "pendingRequests (requests waiting per pod), gpuUtilization (percent).")
+    target: int = Field(default=50_000, ge=1, le=100_000_000,
+                        description="Per-pod target of the metric, in its unit (us, requests or percent).")
+    scale_up: ScalingRules = Field(
+        default_factory=ScalingRules,
+        description="How fast to add replicas. Defaults: no stabilization, up to 4 pods or 100% per 15s.")
+    scale_down: ScalingRules = Field(
+        default_factory=ScalingRules,
+        description="How fast to remove replicas. Defaults: 300s stabilization, 1 pod or 10% per 60s.")
+
+
+class ModelDeploymentSpec(Spec):
+    """A model served by Triton Inference Server on GPU nodes."""
+
+    model: ModelSpec = Field(description="The model to serve.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="How Triton runs.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set.")
+    autoscaling: AutoscalingSpec | None = Field(default=None,
+                                                description="Scale on Triton load metrics instead of a fixed count.")
+
+
+class Condition(Spec):
+    """A status condition, following the Kubernetes API conventions."""
+
+    type: str = Field(description="Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word that machines can match on.")
+    message: str = Field(default="", description="What happened, for people.")
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"},
+                                      description="When status last changed.")
+    observed_generation: int = Field(default=0, description="The spec generation this condition describes.")
+
+
+class Endpoint(Spec):
+    """Where clients reach the model inside the cluster."""
+
+    http: str = Field(description="KServe v2 HTTP/REST base URL.")
+    grpc: str = Field(description="KServe v2 gRPC address.")
+
+
+class ModelDeploymentStatus(Spec):
+    """What peakserve observed, written by the operator only."""
+
+    observed_generation: int | None = Field(default=None, description="Last spec generation acted on.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, Progressing and Degraded.")
+    replicas: int | None = Field(default=None, description="Triton pods that exist.")
+    ready_replicas: int | None = Field(default=None, description="Triton pods that are ready to serve.")
+    updated_replicas: int | None = Field(default=None, description="Pods already on the current spec.")
+    endpoint: Endpoint | None = Field(default=None, description="In-cluster serving endpoint.")

@@ -1,0 +1,93 @@
+"""The `peakserve` command: render, crd, run, dev."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .render import render_children
+    from .render.owner import Owner
+    from .validation import InvalidSpec, parse_spec
+    from .yamlio import dump_all
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    documents = [d for d in yaml.safe_load_all(text) if d]
+    out = []
+    for body in documents:
+        body.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        body["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        try:
+            spec = parse_spec(body.get("spec"))
+        except InvalidSpec as err:
+            print(f"{body['metadata'].get('name', '?')}: invalid spec: {err}", file=sys.stderr)
+            return 1
+        out.extend(render_children(Owner.of(body), spec))
+    sys.stdout.write(dump_all(out))
+    return 0
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from .api.crd import render_crd_yaml
+
+    text = render_crd_yaml()
+    if args.write:
+        Path(args.write).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .operator_main import run_operator
+
+    return run_operator(namespaces=args.namespace, health_address=args.health_address,
+                        metrics_address=args.metrics_address, drift_interval=args.drift_interval,
+                        peering=args.peering)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from .devcluster import cli as dev_cli
+
+    return dev_cli.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="peakserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="print the children of a ModelDeployment as YAML, without a cluster")
+    p.add_argument("-f", "--file", required=True, help="ModelDeployment YAML, or - for stdin")
+    p.add_argument("-n", "--namespace", default="default")
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("crd", help="print the CRD generated from the spec models")
+    p.add_argument("--write", metavar="PATH", help="write to PATH instead of stdout")
+    p.set_defaults(func=_crd)
+
+    p = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    p.add_argument("-n", "--namespace", action="append", default=[],
+                   help="watch only this namespace (repeatable); default all namespaces")
+    p.add_argument("--health-address", default="0.0.0.0:8080", help="liveness endpoint host:port")
+    p.add_argument("--metrics-address", default="0.0.0.0:9090", help="Prometheus metrics host:port")
+    p.add_argument("--drift-interval", type=float, default=60.0,
+                   help="seconds between drift checks of each ModelDeployment")
+    p.add_argument("--peering", default=None,
+                   help="kopf peering name for HA (several operators, one active); default standalone")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("dev", help="the local control plane: etcd, kube-*, KWOK GPU nodes")
+    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("--dir", default=None, help="state directory (default ~/.cache/peakserve/dev)")
+    p.set_defaults(func=_dev)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

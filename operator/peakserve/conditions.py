@@ -1,0 +1,183 @@
+"""Status conditions derived from what the cluster shows: pure functions, no I/O.
+
+Condition types and reasons are named here and nowhere else (API conventions:
+types are adjectives, reasons one CamelCase word, messages for people).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+
+# Reasons
+SERVING = "Serving"
+INVALID_SPEC = "InvalidSpec"
+INSUFFICIENT_GPU = "InsufficientGPU"
+GPU_PRODUCT_UNAVAILABLE = "GPUProductUnavailable"
+INSUFFICIENT_RESOURCES = "InsufficientResources"
+MODEL_STORAGE_UNAVAILABLE = "ModelStorageUnavailable"
+UNSCHEDULABLE = "Unschedulable"
+LOADING = "ReplicasNotReady"
+SCALED_TO_ZERO = "ScaledToZero"
+ROLLING_OUT = "RollingOut"
+ROLLOUT_COMPLETE = "RolloutComplete"
+PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
+REPLICA_FAILURE = "ReplicaFailure"
+AUTOSCALER_FAILING = "AutoscalerFailing"
+AS_EXPECTED = "AsExpected"
+RECONCILE_ERROR = "ReconcileError"
+
+
+@dataclass
+class Observed:
+    """What the operator saw of one ModelDeployment's children."""
+
+    generation: int
+    deployment: dict[str, Any] | None = None
+    hpa: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    invalid: str | None = None          # why the current spec was refused, if it was
+    gpu_resource: str = "nvidia.com/gpu"
+    gpus: int = 1
+    gpu_product: str | None = None
+    endpoint: str = ""
+
+
+def _cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return None
+
+
+def _unschedulable_messages(pods: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        c = _cond(pod, "PodScheduled")
+        if c and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            out.append(c.get("message", ""))
+    return out
+
+
+def explain_unschedulable(message: str, count: int, obs: Observed) -> tuple[str, str]:
+    """Turn the scheduler's FailedScheduling text into a reason and advice a user can act on."""
+    pods = f"{count} pod(s) cannot be scheduled"
+    product = obs.gpu_product or "any GPU product"
+    first = re.split(r"\. preemption:", message)[0].strip()
+    if f"Insufficient {obs.gpu_resource}" in message:
+        return INSUFFICIENT_GPU, (
+            f"{pods}: no node with {product} has {obs.gpus} free {obs.gpu_resource}. "
+            f"Free GPUs, lower serving.gpus, or add GPU nodes. Scheduler: {first}")
+    if obs.gpu_product and "didn't match Pod's node affinity/selector" in message:
+        return GPU_PRODUCT_UNAVAILABLE, (
+            f"{pods}: no schedulable node is labelled nvidia.com/gpu.product={obs.gpu_product}. "
+            f"Check serving.gpuProduct against `kubectl get nodes -L nvidia.com/gpu.product`. Scheduler: {first}")
+    if "persistentvolumeclaim" in message:
+        return MODEL_STORAGE_UNAVAILABLE, (
+            f"{pods}: the PersistentVolumeClaim named in spec.model.uri is missing or unbound. "
+            f"Create it in this namespace. Scheduler: {first}")
+    if "Insufficient cpu" in message or "Insufficient memory" in message:
+        return INSUFFICIENT_RESOURCES, (
+            f"{pods}: not enough free CPU or memory on the GPU nodes for serving.resources.requests. "
+            f"Scheduler: {first}")
+    return UNSCHEDULABLE, f"{pods}. Scheduler: {first}"
+
+
+def _desired(obs: Observed) -> int:
+    return int(((obs.deployment or {}).get("spec") or {}).get("replicas") or 0)
+
+
+def _ready_condition(obs: Observed) -> tuple[str, str, str]:
+    status = (obs.deployment or {}).get("status") or {}
+    desired, ready = _desired(obs), int(status.get("readyReplicas") or 0)
+    if obs.invalid:
+        serving = f" The previous spec keeps serving ({ready}/{desired} ready)." if obs.deployment else ""
+        return "False", INVALID_SPEC, obs.invalid + serving
+    if obs.deployment is None:
+        return "Unknown", LOADING, "Waiting for the Triton Deployment to be created."
+    if desired == 0:
+        return "False", SCALED_TO_ZERO, "Replicas is 0: nothing is serving."
+    available = _cond(obs.deployment, "Available")
+    if ready > 0 and available and available.get("status") == "True":
+        return "True", SERVING, f"{ready}/{desired} replicas ready; serving at {obs.endpoint}"
+    stuck = _unschedulable_messages(obs.pods)
+    if stuck:
+        reason, message = explain_unschedulable(stuck[0], len(stuck), obs)
+        return "False", reason, message
+    return "False", LOADING, f"{ready}/{desired} replicas ready; waiting for Triton to load the model."
+
+
+def _progressing_condition(obs: Observed) -> tuple[str, str, str]:
+    if obs.invalid:
+        return "False", INVALID_SPEC, "Rollout held until the spec is fixed."
+    dep = obs.deployment
+    if dep is None:
+        return "True", ROLLING_OUT, "Creating the Triton Deployment."
+    progressing = _cond(dep, "Progressing")
+    if progressing and progressing.get("reason") == PROGRESS_DEADLINE:
+        return "False", PROGRESS_DEADLINE, progressing.get("message", "")
+    status = dep.get("status") or {}
+    desired = _desired(obs)
+    updated = int(status.get("updatedReplicas") or 0)
+    current = (status.get("observedGeneration") or 0) >= (dep["metadata"].get("generation") or 0)
+    settled = (current and updated >= desired and int(status.get("replicas") or 0) == desired
+               and int(status.get("availableReplicas") or 0) >= desired)
+    if settled:
+        return "False", ROLLOUT_COMPLETE, f"All {desired} replicas run the current spec."
+    return "True", ROLLING_OUT, f"{updated}/{desired} replicas updated, {int(status.get('availableReplicas') or 0)} available."
+
+
+def _degraded_condition(obs: Observed) -> tuple[str, str, str]:
+    dep = obs.deployment
+    failure = _cond(dep, "ReplicaFailure")
+    if failure and failure.get("status") == "True":
+        return "True", REPLICA_FAILURE, failure.get("message", "")
+    progressing = _cond(dep, "Progressing")
+    if progressing and progressing.get("reason") == PROGRESS_DEADLINE:
+        return "True", PROGRESS_DEADLINE, progressing.get("message", "")
+    ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+    stuck = _unschedulable_messages(obs.pods)
+    if ready > 0 and stuck:
+        reason, message = explain_unschedulable(stuck[0], len(stuck), obs)
+        return "True", reason, message
+    active = _cond(obs.hpa, "ScalingActive")
+    if obs.hpa is not None and active and active.get("status") == "False":
+        return "True", AUTOSCALER_FAILING, (
+            f"The autoscaler cannot act: {active.get('message', '')}. "
+            "Is the Triton metrics adapter installed? (README: Autoscaling metrics)")
+    return "False", AS_EXPECTED, "No problems observed."
+
+
+def derive_conditions(obs: Observed, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
+    """Ready, Progressing, Degraded. lastTransitionTime moves only when status changes."""
+    before = {c.get("type"): c for c in previous or []}
+    out = []
+    for ctype, fn in ((READY, _ready_condition), (PROGRESSING, _progressing_condition),
+                      (DEGRADED, _degraded_condition)):
+        status, reason, message = fn(obs)
+        old = before.get(ctype)
+        changed = old is None or old.get("status") != status
+        out.append({
+            "type": ctype, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+            "observedGeneration": obs.generation,
+        })
+    return out
+
+
+def transitions(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conditions whose status or reason changed: each becomes an Event."""
+    before = {c.get("type"): (c.get("status"), c.get("reason")) for c in previous or []}
+    return [c for c in current if before.get(c["type"]) != (c["status"], c["reason"])]
+
+
+def event_type(condition: dict[str, Any]) -> str:
+    good = (condition["type"] == DEGRADED) == (condition["status"] == "False")
+    if condition["type"] == PROGRESSING:
+        good = condition["reason"] != PROGRESS_DEADLINE and condition["reason"] != INVALID_SPEC
+    return "Normal" if good else "Warning"

@@ -1,0 +1,112 @@
+"""A thin Kubernetes client for the kinds peakserve touches: server-side apply, get, list, delete.
+
+Server-side apply is sent as raw PATCH requests (application/apply-patch+yaml; JSON is YAML)
+so that every child goes through one code path with one field manager.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client
+
+from . import api
+from .render.names import MANAGER
+
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Pod": "pods",
+    "Deployment": "deployments",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    api.KIND: api.PLURAL,
+}
+
+ApiException = client.ApiException
+
+
+def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{PLURALS[kind]}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+def error_message(err: ApiException) -> str:
+    """The API server's own words for a rejected request (Status.message)."""
+    try:
+        return json.loads(err.body).get("message") or str(err.reason)
+    except (TypeError, ValueError):
+        return f"{err.status} {err.reason}"
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self.client = api_client or client.ApiClient()
+
+    @classmethod
+    def from_kubeconfig(cls, path: Any = None) -> "Kube":
+        """The given kubeconfig, else in-cluster config, else $KUBECONFIG / ~/.kube/config."""
+        from kubernetes import config
+
+        if path is None:
+            try:
+                config.load_incluster_config()
+                return cls(client.ApiClient())
+            except config.ConfigException:
+                pass
+        return cls(config.new_client_from_config(str(path) if path else None))
+
+    def _call(self, method: str, path: str, body: Any = None, query: list | None = None,
+              content_type: str = "application/json") -> Any:
+        method, url, headers, body, post = self.client.param_serialize(
+            method, path, query_params=query or [], body=body,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        resp = self.client.call_api(method, url, header_params=headers, body=body, post_params=post,
+                                    _request_timeout=30)
+        resp.read()
+        if not 200 <= resp.status < 300:
+            raise ApiException(http_resp=resp)
+        return json.loads(resp.data) if resp.data else {}
+
+    def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", path, body=obj)
+
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False, manager: str = MANAGER) -> dict[str, Any]:
+        meta = obj["metadata"]
+        query = [("fieldManager", manager), ("force", "true")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        return self._call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", resource_path(api_version, kind, namespace, name))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        result = self._call("GET", resource_path(api_version, kind, namespace),
+                            query=[("labelSelector", label_selector)])
+        return result.get("items", [])
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._call("DELETE", resource_path(api_version, kind, namespace, name))
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        path = resource_path(api.API_VERSION, api.KIND, namespace, name, "status")
+        return self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

@@ -1,0 +1,134 @@
+"""The kopf wiring. Handlers stay thin: each one calls reconcile.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from . import api, metrics
+from .kube import ApiException, Kube
+from .reconcile import owner_name, reconcile, refresh_status
+from .render.names import MANAGER
+
+log = logging.getLogger("peakserve")
+
+KUBE: Kube | None = None
+CHILD_SELECTOR = {"app.kubernetes.io/managed-by": MANAGER}
+
+
+def _kube() -> Kube:
+    global KUBE
+    if KUBE is None:
+        KUBE = Kube.from_kubeconfig()
+    return KUBE
+
+
+def _emit(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+    kopf.event(body, type=event_type, reason=reason, message=message[:1000])
+
+
+def _ready_of(status: dict[str, Any]) -> str:
+    return next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "Unknown")
+
+
+def _key(body: Any) -> str:
+    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+
+
+def _run_reconcile(body: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        outcome = reconcile(_kube(), dict(body), _emit)
+    except ApiException as err:
+        metrics.RECONCILE_ERRORS.labels(error=f"http_{err.status}").inc()
+        metrics.RECONCILES.labels(result="error").inc()
+        # Conflicts and server trouble heal by themselves; retry soon rather than crash.
+        raise kopf.TemporaryError(f"API error {err.status}: {err.reason}", delay=5) from err
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(error="exception").inc()
+        metrics.RECONCILES.labels(result="error").inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    metrics.RECONCILES.labels(result="invalid" if outcome.invalid else "success").inc()
+    metrics.record_ready(_key(body), _ready_of(outcome.status))
+    return outcome.status
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # status.* is pruned by our schema, so kopf keeps its bookkeeping in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our own Events describe transitions; skip kopf's chatter
+    settings.watching.server_timeout = 300   # watches can go quiet; reconnect regularly
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 16
+    settings.batching.worker_limit = 256
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL)
+def converge_handler(body: kopf.Body, **_: Any) -> None:
+    _run_reconcile(body)
+
+
+def drift_check(body: kopf.Body, **_: Any) -> None:
+    """Level-triggered safety net: re-apply desired state even when no event arrived."""
+    _run_reconcile(body)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
+def forget(body: kopf.Body, **_: Any) -> None:
+    # Children go with the owner through ownerReferences; only the gauge needs updating.
+    metrics.record_ready(_key(body), None)
+
+
+def _refresh_owner(namespace: str, child: dict[str, Any]) -> None:
+    name = owner_name(child)
+    if not name:
+        return
+    body = _kube().get(api.API_VERSION, api.KIND, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    status = refresh_status(_kube(), body, _emit)
+    metrics.record_ready(_key(body), _ready_of(status))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_SELECTOR)
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_SELECTOR)
+@kopf.on.event("", "v1", "pods", labels=CHILD_SELECTOR)
+def child_changed(body: kopf.Body, namespace: str, type: str | None, **_: Any) -> None:
+    """Children report back: Deployment rollout, HPA state and pod scheduling all feed status."""
+    if type is None:  # the initial listing; resume handlers cover it
+        return
+    try:
+        _refresh_owner(namespace, dict(body))
+    except ApiException as err:
+        if err.status not in (404, 409):
+            log.warning("status refresh for %s/%s failed: %s", namespace, body["metadata"]["name"], err.reason)
+
+
+def run_operator(namespaces: list[str], health_address: str, metrics_address: str,
+                 drift_interval: float, peering: str | None) -> int:
+    kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=drift_interval, initial_delay=drift_interval,
+               idle=5)(drift_check)
+    host, _, port = metrics_address.rpartition(":")
+    start_http_server(int(port), addr=host or "0.0.0.0")
+    kopf.configure(verbose=False)
+    health_host, _, health_port = health_address.rpartition(":")
+    asyncio.run(kopf.operator(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://{health_host or '0.0.0.0'}:{health_port}/healthz",
+        standalone=peering is None,
+        peering_name=peering,
+    ))
+    return 0

@@ -1,0 +1,172 @@
+"""One converging reconcile: desired children in, cluster converged, status derived from what is seen.
+
+Create, update, resume and the drift timer all call `reconcile`. Events on the children
+call `refresh_status`, which observes and reports without writing any child.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import conditions
+from .kube import ApiException, Kube, error_message
+from .render import CHILD_KINDS, render_children
+from .render import names
+from .render.owner import Owner
+from .render.service import endpoint
+from .validation import InvalidSpec, parse_spec
+
+log = logging.getLogger("peakserve.reconcile")
+
+HANDOVER_MANAGER = "peakserve-handover-to-hpa"
+API_VERSIONS = {"ConfigMap": "v1", "Service": "v1", "Deployment": "apps/v1",
+                "PodDisruptionBudget": "policy/v1", "HorizontalPodAutoscaler": "autoscaling/v2"}
+
+# (body of the ModelDeployment, event type, reason, message) -> None
+EventSink = Callable[[dict[str, Any], str, str, str], None]
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    invalid: bool = False
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owns_replicas(deployment: dict[str, Any]) -> bool:
+    for entry in deployment["metadata"].get("managedFields") or []:
+        if entry.get("manager") == names.MANAGER and entry.get("operation") == "Apply":
+            if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+                return True
+    return False
+
+
+def hand_replicas_to_hpa(kube: Kube, deployment: dict[str, Any] | None) -> None:
+    """Before peakserve stops applying spec.replicas, park the live value with another manager.
+
+    If the only manager of a field stops applying it, the API server removes the field and
+    the Deployment falls back to 1 replica. Parking it keeps the live count until the HPA
+    takes the field over (the documented SSA hand-over to an autoscaler).
+    """
+    if deployment is None or not _owns_replicas(deployment):
+        return
+    meta = deployment["metadata"]
+    kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                "spec": {"replicas": deployment["spec"].get("replicas", 1)}}, manager=HANDOVER_MANAGER)
+
+
+def converge(kube: Kube, owner: Owner, children: list[dict[str, Any]]) -> None:
+    """Dry-run everything, then apply everything, then remove children the spec no longer wants."""
+    for child in children:  # the API server's own validation, before anything changes
+        kube.apply(child, dry_run=True)
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    if "replicas" not in deployment["spec"]:
+        hand_replicas_to_hpa(kube, kube.get("apps/v1", "Deployment", owner.namespace, names.child_name(owner.name)))
+    for child in children:
+        kube.apply(child)
+    wanted = {c["kind"] for c in children}
+    for kind in CHILD_KINDS:
+        if kind in wanted:
+            continue
+        stale = kube.get(API_VERSIONS[kind], kind, owner.namespace, names.child_name(owner.name))
+        if stale and any(ref.get("uid") == owner.uid for ref in stale["metadata"].get("ownerReferences") or []):
+            kube.delete(API_VERSIONS[kind], kind, owner.namespace, stale["metadata"]["name"])
+
+
+def observe(kube: Kube, owner: Owner, generation: int, spec_raw: dict[str, Any] | None,
+            invalid: str | None = None) -> conditions.Observed:
+    child = names.child_name(owner.name)
+    deployment = kube.get("apps/v1", "Deployment", owner.namespace, child)
+    serving = (spec_raw or {}).get("serving") or {}
+    hpa = None
+    if (spec_raw or {}).get("autoscaling") and not invalid:
+        hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", owner.namespace, child)
+    pods: list[dict[str, Any]] = []
+    dep_status = (deployment or {}).get("status") or {}
+    desired = ((deployment or {}).get("spec") or {}).get("replicas") or 0
+    if deployment and (dep_status.get("readyReplicas") or 0) < desired:  # only look at pods when short
+        selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(owner.name).items())
+        pods = kube.list("v1", "Pod", owner.namespace, selector)
+    return conditions.Observed(
+        generation=generation, deployment=deployment, hpa=hpa, pods=pods, invalid=invalid,
+        gpu_resource=serving.get("gpuResource", "nvidia.com/gpu"), gpus=int(serving.get("gpus", 1)),
+        gpu_product=serving.get("gpuProduct"), endpoint=endpoint(owner)["http"])
+
+
+def status_from(obs: conditions.Observed, owner: Owner, previous: dict[str, Any]) -> dict[str, Any]:
+    dep_status = (obs.deployment or {}).get("status") or {}
+    return {
+        "observedGeneration": obs.generation,
+        "conditions": conditions.derive_conditions(obs, previous.get("conditions") or [], _now()),
+        "replicas": int(dep_status.get("replicas") or 0),
+        "readyReplicas": int(dep_status.get("readyReplicas") or 0),
+        "updatedReplicas": int(dep_status.get("updatedReplicas") or 0),
+        "endpoint": endpoint(owner),
+    }
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    strip = lambda s: {**s, "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                                           for c in s.get("conditions") or []]}
+    return strip(a) == strip(b)
+
+
+def write_status(kube: Kube, body: dict[str, Any], status: dict[str, Any], emit: EventSink) -> bool:
+    """Patch status if it changed; emit one Event per condition transition. Returns whether it wrote."""
+    previous = body.get("status") or {}
+    if _same(previous, status):
+        return False
+    meta = body["metadata"]
+    kube.patch_status(meta["namespace"], meta["name"], status)
+    for cond in conditions.transitions(previous.get("conditions") or [], status["conditions"]):
+        emit(body, conditions.event_type(cond), cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}")
+    return True
+
+
+def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
+    owner = Owner.of(body)
+    generation = int(body["metadata"].get("generation") or 0)
+    invalid = None
+    try:
+        spec = parse_spec(body.get("spec"))
+        converge(kube, owner, render_children(owner, spec))
+    except InvalidSpec as err:
+        invalid = str(err)
+    except ApiException as err:
+        if err.status not in (400, 422):
+            raise
+        # The API server refused a child (dry run): the spec asks for something it cannot be.
+        invalid = f"the API server rejected the rendered children: {error_message(err)}"
+    previous_status = body.get("status") or {}
+    obs = observe(kube, owner, generation, body.get("spec"), invalid)
+    status = status_from(obs, owner, previous_status)
+    write_status(kube, body, status, emit)
+    return Outcome(status=status, invalid=invalid is not None)
+
+
+def refresh_status(kube: Kube, body: dict[str, Any], emit: EventSink) -> dict[str, Any]:
+    """Observe and report only: a child changed, the spec did not."""
+    generation = int(body["metadata"].get("generation") or 0)
+    previous = body.get("status") or {}
+    ready = next((c for c in previous.get("conditions") or [] if c.get("type") == conditions.READY), None)
+    if ready and ready.get("reason") == conditions.INVALID_SPEC and ready.get("observedGeneration") == generation:
+        return reconcile(kube, body, emit).status  # re-check the verdict; it writes nothing if still invalid
+    owner = Owner.of(body)
+    status = status_from(observe(kube, owner, generation, body.get("spec")), owner, previous)
+    write_status(kube, body, status, emit)
+    return status
+
+
+def owner_name(child: dict[str, Any]) -> str | None:
+    """The ModelDeployment a child or pod belongs to, from the annotation peakserve puts on it."""
+    annotations = child.get("metadata", {}).get("annotations") or {}
+    return annotations.get(names.ANNOTATION_MD)
+
+

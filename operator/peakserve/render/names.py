@@ -1,0 +1,53 @@
+"""Names and labels of a ModelDeployment's children.
+
+A ModelDeployment name may be up to 253 characters and contain dots, but a Service name
+is a DNS-1035 label (at most 63 characters, a letter first, no dots), and so is every
+label value. Long or unusual names are shortened with a hash so two names never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_LABEL = 63
+HASH_LEN = 8
+
+LABEL_MD = "peakserve.io/model-deployment"
+ANNOTATION_MD = "peakserve.io/model-deployment"
+ANNOTATION_CONFIG_HASH = "peakserve.io/triton-config-hash"
+MANAGER = "peakserve"
+
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def child_name(md_name: str, reserve: int = 0) -> str:
+    """A DNS-1035 label derived from md_name, leaving `reserve` characters for a suffix."""
+    limit = MAX_LABEL - reserve
+    if len(md_name) <= limit and _DNS1035.match(md_name):
+        return md_name
+    digest = hashlib.sha256(md_name.encode()).hexdigest()[:HASH_LEN]
+    cleaned = re.sub(r"[^a-z0-9-]", "-", md_name.lower())
+    if not cleaned[0].isalpha():
+        cleaned = "m" + cleaned
+    stem = cleaned[: limit - HASH_LEN - 1].rstrip("-")
+    return f"{stem}-{digest}"
+
+
+def config_map_name(md_name: str) -> str:
+    return child_name(md_name, reserve=len("-triton-config")) + "-triton-config"
+
+
+def selector_labels(md_name: str) -> dict[str, str]:
+    """Immutable: the Deployment selector is built from these and can never change."""
+    return {LABEL_MD: child_name(md_name)}
+
+
+def common_labels(md_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "triton-inference-server",
+        "app.kubernetes.io/instance": child_name(md_name),
+        "app.kubernetes.io/component": "inference-server",
+        "app.kubernetes.io/managed-by": MANAGER,
+        **selector_labels(md_name),
+    }

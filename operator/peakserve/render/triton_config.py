@@ -1,0 +1,44 @@
+"""Triton's model configuration (config.pbtxt), rendered from the spec."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..api.spec import ModelDeploymentSpec, Tensor
+
+PLATFORM = {
+    "onnx": 'platform: "onnxruntime_onnx"',
+    "torchscript": 'platform: "pytorch_libtorch"',
+    "pytorch": 'backend: "python"',
+}
+
+
+def _tensor(t: Tensor) -> str:
+    dims = ", ".join(str(d) for d in t.dims)
+    return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.data_type}\n    dims: [ {dims} ]\n  }}'
+
+
+def render_config_pbtxt(spec: ModelDeploymentSpec) -> str:
+    model, serving = spec.model, spec.serving
+    lines = [
+        f'name: "{model.name}"',
+        PLATFORM[model.format],
+        f"max_batch_size: {model.max_batch_size}",
+        f"version_policy: {{ specific: {{ versions: [ {model.version} ] }} }}",
+        "input [\n" + ",\n".join(_tensor(t) for t in model.inputs) + "\n]",
+        "output [\n" + ",\n".join(_tensor(t) for t in model.outputs) + "\n]",
+        "instance_group [\n" + ",\n".join(
+            f"  {{ kind: KIND_{g.kind} count: {g.count} }}" for g in serving.instance_groups) + "\n]",
+    ]
+    batching = serving.dynamic_batching
+    if batching.enabled and model.max_batch_size > 0:
+        preferred = ""
+        if batching.preferred_batch_sizes:
+            preferred = f" preferred_batch_size: [ {', '.join(map(str, batching.preferred_batch_sizes))} ]"
+        lines.append(f"dynamic_batching {{{preferred} max_queue_delay_microseconds: "
+                     f"{batching.max_queue_delay_microseconds} }}")
+    return "\n".join(lines) + "\n"
+
+
+def config_hash(config: str) -> str:
+    return hashlib.sha256(config.encode()).hexdigest()[:16]
