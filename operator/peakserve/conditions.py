@@ -77,7 +77,7 @@ def explain_unschedulable(message: str, count: int, obs: Observed) -> tuple[str,
         return GPU_PRODUCT_UNAVAILABLE, (
             f"{pods}: no schedulable node is labelled nvidia.com/gpu.product={obs.gpu_product}. "
             f"Check serving.gpuProduct against `kubectl get nodes -L nvidia.com/gpu.product`. Scheduler: {first}")
-    if "persistentvolumeclaim" in message:
+    if "persistentvolumeclaim" in message.lower():
         return MODEL_STORAGE_UNAVAILABLE, (
             f"{pods}: the PersistentVolumeClaim named in spec.model.uri is missing or unbound. "
             f"Create it in this namespace. Scheduler: {first}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections import defaultdict
 from typing import Any
 
 import kopf
@@ -19,6 +21,11 @@ log = logging.getLogger("peakserve")
 
 KUBE: Kube | None = None
 CHILD_SELECTOR = {"app.kubernetes.io/managed-by": MANAGER}
+
+# One status writer per ModelDeployment at a time. Handlers run in a thread pool, and a child
+# event racing a reconcile would otherwise compare against stale status: duplicate Events,
+# and an older observation overwriting a newer one.
+_LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 def _kube() -> Kube:
@@ -40,10 +47,21 @@ def _key(body: Any) -> str:
     return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
 
 
-def _run_reconcile(body: Any) -> dict[str, Any]:
+def _fresh(namespace: str, name: str) -> dict[str, Any] | None:
+    """The object as it is now (our own last status included), or None once it is going away."""
+    body = _kube().get(api.API_VERSION, api.KIND, namespace, name)
+    return None if body is None or body["metadata"].get("deletionTimestamp") else body
+
+
+def _run_reconcile(body: Any) -> None:
     started = time.perf_counter()
+    key = _key(body)
     try:
-        outcome = reconcile(_kube(), dict(body), _emit)
+        with _LOCKS[key]:
+            current = _fresh(body["metadata"]["namespace"], body["metadata"]["name"])
+            if current is None:
+                return
+            outcome = reconcile(_kube(), current, _emit)
     except ApiException as err:
         metrics.RECONCILE_ERRORS.labels(error=f"http_{err.status}").inc()
         metrics.RECONCILES.labels(result="error").inc()
@@ -56,8 +74,7 @@ def _run_reconcile(body: Any) -> dict[str, Any]:
     finally:
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     metrics.RECONCILES.labels(result="invalid" if outcome.invalid else "success").inc()
-    metrics.record_ready(_key(body), _ready_of(outcome.status))
-    return outcome.status
+    metrics.record_ready(key, _ready_of(outcome.status))
 
 
 @kopf.on.startup()
@@ -89,16 +106,18 @@ def drift_check(body: kopf.Body, **_: Any) -> None:
 def forget(body: kopf.Body, **_: Any) -> None:
     # Children go with the owner through ownerReferences; only the gauge needs updating.
     metrics.record_ready(_key(body), None)
+    _LOCKS.pop(_key(body), None)
 
 
 def _refresh_owner(namespace: str, child: dict[str, Any]) -> None:
     name = owner_name(child)
     if not name:
         return
-    body = _kube().get(api.API_VERSION, api.KIND, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
-    status = refresh_status(_kube(), body, _emit)
+    with _LOCKS[f"{namespace}/{name}"]:
+        body = _fresh(namespace, name)
+        if body is None:
+            return
+        status = refresh_status(_kube(), body, _emit)
     metrics.record_ready(_key(body), _ready_of(status))
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .cluster import DevCluster
+from .tools import ensure_tools
 
 
 def main(args: argparse.Namespace) -> int:
@@ -20,5 +21,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"running at {cluster.server}" if cluster.running() else "not running")
         return 0 if cluster.running() else 1
     elif args.action == "env":
+        tools = ensure_tools(lambda m: print(m, file=sys.stderr))
         print(f"export KUBECONFIG={cluster.kubeconfig}")
+        print(f"export PATH={tools['kubectl'].parent}:$PATH")
     return 0

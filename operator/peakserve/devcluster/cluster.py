@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -98,7 +99,11 @@ class DevCluster:
 
     def down(self, quiet: bool = False) -> None:
         pids = self._state().get("pids", {})
-        for name in reversed(COMPONENTS):
+        operator_pid = self.dir / "operator.pid"  # written by `make demo` for its background operator
+        if operator_pid.exists():
+            pids = {"operator": int(operator_pid.read_text().strip()), **pids}
+            operator_pid.unlink()
+        for name in ("operator", *reversed(COMPONENTS)):
             pid = pids.get(name)
             if pid and _alive(pid):
                 try:
@@ -110,9 +115,14 @@ class DevCluster:
             time.sleep(0.2)
         for pid in pids.values():
             if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
         if self.state_file.exists():
             self.state_file.unlink()
+        # Like `kind delete cluster`: the next `up` starts from an empty cluster.
+        shutil.rmtree(self.dir / "etcd-data", ignore_errors=True)
         if pids and not quiet:
             self.log("[dev] control plane stopped")
 

@@ -1,0 +1,56 @@
+# peakserve: `make demo` shows the operator on a local control plane; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PEAKSERVE := $(VENV)/bin/peakserve
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help install tools test unit integration crds golden demo dev-up dev-down bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP) ## create .venv and install peakserve with its test dependencies
+
+tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/helm (cached in ~/.cache/peakserve)
+	$(PY) -m peakserve.devcluster.build
+	$(PY) -m peakserve.devcluster.tools
+
+test: tools ## run all tests: unit, then integration against a real control plane
+	$(PY) -m pytest -q
+
+unit: install ## unit and golden-file tests only (no cluster)
+	$(PY) -m pytest -q tests/unit
+
+integration: tools ## integration tests against the real control plane
+	$(PY) -m pytest -q tests/integration
+
+crds: install ## regenerate crds/ from the spec models
+	$(PEAKSERVE) crd --write crds/peakserve.io_modeldeployments.yaml
+
+golden: install ## regenerate the golden files after a deliberate rendering change
+	PEAKSERVE_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_golden.py
+
+dev-up: tools ## start the local control plane with simulated GPU nodes and install the CRD
+	$(PEAKSERVE) dev up
+	eval "$$($(PEAKSERVE) dev env)" && kubectl apply --server-side -f crds/ >/dev/null
+	@echo 'Use it with: eval "$$($(PEAKSERVE) dev env)"'
+
+dev-down: install ## stop the local control plane (and the demo operator)
+	$(PEAKSERVE) dev down
+
+demo: tools ## control plane + operator + examples/ranker.yaml, then show objects and status
+	bash scripts/demo.sh
+
+bench: tools ## reconcile benchmark; writes BENCHMARKS.md figures and benchmarks/*.png
+	$(PY) benchmarks/bench_reconcile.py
+
+clean: ## remove the virtualenv (the binary cache in ~/.cache/peakserve stays)
+	rm -rf $(VENV)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# make demo: local control plane -> operator -> examples/ranker.yaml -> objects and status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PEAKSERVE=.venv/bin/peakserve
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "Local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, KWOK)"
+$PEAKSERVE dev up
+eval "$($PEAKSERVE dev env)"
+state_dir=$(dirname "$KUBECONFIG")
+kubectl get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.count
+
+step "CRD"
+kubectl apply --server-side -f crds/
+kubectl wait --for condition=established crd/modeldeployments.peakserve.io >/dev/null
+
+step "Operator (peakserve run, logs in $state_dir/operator.log)"
+if [ -f "$state_dir/operator.pid" ] && kill -0 "$(cat "$state_dir/operator.pid")" 2>/dev/null; then
+  echo "already running (pid $(cat "$state_dir/operator.pid"))"
+else
+  setsid $PEAKSERVE run --health-address 127.0.0.1:18080 --metrics-address 127.0.0.1:19090 \
+    >"$state_dir/operator.log" 2>&1 < /dev/null &
+  echo $! >"$state_dir/operator.pid"
+  for _ in $(seq 1 50); do curl -fsS http://127.0.0.1:18080/healthz >/dev/null 2>&1 && break; sleep 0.2; done
+  echo "running (pid $(cat "$state_dir/operator.pid")), liveness http://127.0.0.1:18080/healthz, metrics http://127.0.0.1:19090/metrics"
+fi
+
+step "kubectl apply -f examples/model-store.yaml -f examples/ranker.yaml"
+kubectl apply -f examples/model-store.yaml -f examples/ranker.yaml
+kubectl wait --for=condition=Ready modeldeployment/ranker --timeout=120s
+
+step "The ModelDeployment"
+kubectl get modeldeployments -o wide
+
+step "Its children (owned by the ModelDeployment, applied server-side by field manager 'peakserve')"
+kubectl get deployment,replicaset,pods,service,poddisruptionbudget,configmap -l app.kubernetes.io/managed-by=peakserve -o wide
+
+step "Status conditions"
+kubectl get modeldeployment ranker -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+
+step "A model that asks for more GPUs than any A10 node has (examples/ranker-xl.yaml)"
+kubectl apply -f examples/ranker-xl.yaml
+for _ in $(seq 1 60); do
+  reason=$(kubectl get modeldeployment ranker-xl -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')
+  [ "$reason" = "InsufficientGPU" ] && break; sleep 0.5
+done
+kubectl get modeldeployments -o wide
+kubectl get modeldeployment ranker-xl -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}{"\n"}'
+
+step "Events"
+kubectl get events --field-selector involvedObject.kind=ModelDeployment --sort-by=.lastTimestamp
+
+printf '\nThe cluster and operator keep running. Explore with:\n  eval "$(%s dev env)"; kubectl get mdep\nStop everything with: make dev-down\n' "$PEAKSERVE"
