@@ -39,8 +39,9 @@ def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
 class Spec(BaseModel):
     """Base: camelCase on the wire, unknown fields rejected, frozen once parsed."""
 
+    # validate_default: enum defaults become plain strings too, like parsed values.
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              frozen=True, use_enum_values=True)
+                              frozen=True, use_enum_values=True, validate_default=True)
 
 
 class ModelFormat(str, Enum):

@@ -14,15 +14,21 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_ROOT = "/models"
 TRITON_UID = 1000  # the triton-server user of the NGC Triton images
 PROBE_PERIOD = 10
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
-CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+
+def _gpu_toleration() -> dict[str, Any]:
+    return {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _container_security() -> dict[str, Any]:
+    """Fresh each call: rendered manifests must never share (and so co-mutate) nested objects."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -48,7 +54,7 @@ def _model_source(spec: ModelDeploymentSpec) -> tuple[list[dict], list[dict], li
             "command": ["aws", "s3", "cp", "--recursive", "--only-show-errors", model.uri, target],
             "env": [{"name": "HOME", "value": "/tmp"}],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-            "securityContext": CONTAINER_SECURITY,
+            "securityContext": _container_security(),
             "volumeMounts": [{"name": "models", "mountPath": MODEL_ROOT}, {"name": "tmp", "mountPath": "/tmp"}],
         }
         if model.credentials_secret:
@@ -104,7 +110,7 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
         # Live stays true while Triton loads models, so a long load never triggers a restart.
         "livenessProbe": _probe("/v2/health/live", PROBE_PERIOD, 3),
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
-        "securityContext": CONTAINER_SECURITY,
+        "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_ROOT},
             *source_mounts,
@@ -116,7 +122,7 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
     node_selector = dict(serving.node_selector)
     if serving.gpu_product:
         node_selector[GPU_PRODUCT_LABEL] = serving.gpu_product
-    tolerations = [GPU_TOLERATION] if serving.gpus > 0 else []
+    tolerations = [_gpu_toleration()] if serving.gpus > 0 else []
     tolerations += [t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations]
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # Triton never talks to the API server

@@ -1,0 +1,90 @@
+"""Helpers for integration tests: kubectl (the real binary), waiting, and manifests."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BASE_SPEC: dict[str, Any] = {
+    "model": {
+        "name": "ranker",
+        "uri": "/var/lib/peakserve/models/ranker/1",
+        "inputs": [{"name": "dense", "dataType": "FP32", "dims": [13]}],
+        "outputs": [{"name": "score", "dataType": "FP32", "dims": [1]}],
+    },
+    "serving": {"gpus": 1, "gpuProduct": "NVIDIA-A10",
+                "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}},
+    "replicas": 1,
+}
+
+
+def md(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
+    """A ModelDeployment; keyword overrides are deep-merged into BASE_SPEC."""
+    spec = copy.deepcopy(BASE_SPEC)
+    _merge(spec, overrides)
+    return {"apiVersion": "peakserve.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+class Kubectl:
+    def __init__(self, binary: Path, kubeconfig: Path):
+        self.binary, self.kubeconfig = str(binary), str(kubeconfig)
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([self.binary, f"--kubeconfig={self.kubeconfig}", *args], input=input,
+                              capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def apply(self, obj: dict[str, Any] | list[dict[str, Any]], check: bool = True) -> subprocess.CompletedProcess:
+        docs = obj if isinstance(obj, list) else [obj]
+        return self.run("apply", "-f", "-", input=yaml.safe_dump_all(docs), check=check)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        args = ["get", kind, name, "-o", "json", "--show-managed-fields"] + (["-n", namespace] if namespace else [])
+        proc = self.run(*args, check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr:
+                return None
+            raise AssertionError(proc.stderr)
+        return json.loads(proc.stdout)
+
+    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+        return json.loads(self.run(*args).stdout)["items"]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60, interval: float = 0.3, what: str = "condition") -> Any:
+    """Poll until check() returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return c
+    return {}
