@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PEAKSERVE := $(VENV)/bin/peakserve
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install tools test unit integration crds golden demo dev-up dev-down bench clean
+.PHONY: help install tools test unit integration crds docs golden demo dev-up dev-down bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ integration: tools ## integration tests against the real control plane
 
 crds: install ## regenerate crds/ from the spec models
 	$(PEAKSERVE) crd --write crds/peakserve.io_modeldeployments.yaml
+
+docs: install ## regenerate the README's CRD reference from the spec models
+	$(PEAKSERVE) docs --readme README.md
 
 golden: install ## regenerate the golden files after a deliberate rendering change
 	PEAKSERVE_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_golden.py

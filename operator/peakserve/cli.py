@@ -42,6 +42,14 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from .api.reference import update_readme
+
+    changed = update_readme(Path(args.readme))
+    print(f"{args.readme}: CRD reference {'updated' if changed else 'already current'}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .operator_main import run_operator
 
@@ -68,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("crd", help="print the CRD generated from the spec models")
     p.add_argument("--write", metavar="PATH", help="write to PATH instead of stdout")
     p.set_defaults(func=_crd)
+
+    p = sub.add_parser("docs", help="regenerate the CRD reference section of the README")
+    p.add_argument("--readme", default="README.md")
+    p.set_defaults(func=_docs)
 
     p = sub.add_parser("run", help="run the operator against the current kubeconfig")
     p.add_argument("-n", "--namespace", action="append", default=[],

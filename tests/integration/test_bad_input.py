@@ -1,0 +1,80 @@
+"""Bad input is refused at `kubectl apply` by the real API server, with a message naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .cluster import md
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bad_ns(kubectl):
+    """One namespace for the whole table: a rejected apply leaves nothing behind to clean."""
+    kubectl.run("create", "namespace", "t-bad-input")
+    yield "t-bad-input"
+    kubectl.run("delete", "namespace", "t-bad-input", "--wait=false", check=False)
+
+# (case id, spec overrides, text the API server's refusal must contain: the field, then the problem)
+CASES = [
+    ("model-missing", {"model": None}, "spec.model: Required value"),
+    ("name-pattern", {"model": {"name": "bad name!"}}, "spec.model.name: Invalid value"),
+    ("uri-scheme", {"model": {"uri": "http://models.example/ranker"}}, "spec.model.uri: Invalid value"),
+    ("format-enum", {"model": {"format": "tensorflow"}}, 'spec.model.format: Unsupported value: "tensorflow"'),
+    ("precision-enum", {"model": {"precision": "int4"}}, 'spec.model.precision: Unsupported value: "int4"'),
+    ("inputs-empty", {"model": {"inputs": []}}, "spec.model.inputs: Invalid value"),
+    ("dims-below-minus-one", {"model": {"inputs": [{"name": "x", "dataType": "FP32", "dims": [-2]}]}},
+     "spec.model.inputs[0].dims[0]: Invalid value"),
+    ("datatype-enum", {"model": {"outputs": [{"name": "y", "dataType": "FLOAT", "dims": [1]}]}},
+     'spec.model.outputs[0].dataType: Unsupported value: "FLOAT"'),
+    ("credentials-for-pvc", {"model": {"uri": "pvc://store/m", "credentialsSecret": "s3-creds"}},
+     "spec.model.credentialsSecret: Invalid value: \"object\": credentialsSecret applies only to s3:// URIs"),
+    ("too-many-gpus", {"serving": {"gpus": 17}}, "spec.serving.gpus: Invalid value: 17"),
+    ("gpu-resource", {"serving": {"gpuResource": "amd.com/gpu"}}, "spec.serving.gpuResource: Invalid value"),
+    ("product-without-gpus", {"serving": {"gpus": 0}}, "spec.serving.gpuProduct: Invalid value"),
+    ("gpu-in-resources", {"serving": {"resources": {"limits": {"nvidia.com/gpu": 2}}}},
+     "spec.serving.resources.limits: Invalid value"),
+    ("managed-triton-flag", {"serving": {"extraArgs": ["--http-port=9000"]}},
+     "spec.serving.extraArgs: Invalid value"),
+    ("startup-timeout", {"serving": {"startupTimeoutSeconds": 5}},
+     "spec.serving.startupTimeoutSeconds: Invalid value: 5"),
+    ("rollout-zero-zero", {"serving": {"rollout": {"maxSurge": 0, "maxUnavailable": 0}}},
+     "spec.serving.rollout: Invalid value: \"object\": maxSurge and maxUnavailable cannot both be zero"),
+    ("negative-replicas", {"replicas": -1}, "spec.replicas: Invalid value: -1"),
+    ("min-above-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+     "spec.autoscaling.minReplicas: Invalid value: \"object\": minReplicas must be <= maxReplicas"),
+    ("max-missing", {"autoscaling": {"minReplicas": 1}}, "spec.autoscaling.maxReplicas: Required value"),
+    ("gpu-util-over-100", {"autoscaling": {"maxReplicas": 4, "metric": "gpuUtilization", "target": 150}},
+     "spec.autoscaling.target: Invalid value"),
+    ("metric-enum", {"autoscaling": {"maxReplicas": 4, "metric": "qps"}},
+     'spec.autoscaling.metric: Unsupported value: "qps"'),
+    ("unknown-field", {"replica": 3}, 'unknown field "spec.replica"'),
+]
+
+
+def _manifest(ns: str, overrides: dict) -> dict:
+    body = md("bad", ns, **{k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is None:
+            body["spec"].pop(key)
+    return body
+
+
+@pytest.mark.parametrize("overrides,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_api_server_rejects_with_the_field_named(kubectl, bad_ns, overrides, expected):
+    result = kubectl.apply(_manifest(bad_ns, overrides), check=False)
+    assert result.returncode != 0, f"accepted: {result.stdout}"
+    assert expected in result.stderr
+    assert kubectl.get("modeldeployment", "bad", bad_ns) is None  # nothing was stored
+
+
+def test_table_is_big_enough():
+    assert len(CASES) >= 12 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_the_base_manifest_is_valid(kubectl, bad_ns):
+    # Guards the table: each case differs from an accepted manifest by exactly its override.
+    result = kubectl.run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(md("ok", bad_ns)))
+    assert "created (server dry run)" in result.stdout
