@@ -73,18 +73,15 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node["x-kubernetes-preserve-unknown-fields"] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    literal = {"default", "enum", "required", "x-kubernetes-validations", "x-kubernetes-list-map-keys"}
     out = {}
     for key, value in node.items():
-        if key in DROP_KEYS:
+        if key in DROP_KEYS or (key == "default" and value is None):
             continue
-        if key == "default" and value is None:
-            continue
-        out[key] = _structural(value, defs) if key in ("properties", "items", "additionalProperties") or \
-            isinstance(value, (dict, list)) and key not in ("default", "enum", "required",
-                                                            "x-kubernetes-validations",
-                                                            "x-kubernetes-list-map-keys") else value
-    if "properties" in out:
-        out["properties"] = {k: _structural(v, defs) for k, v in out["properties"].items()}
+        if key == "properties":  # a map of field names, not a schema: recurse into each value
+            out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        else:
+            out[key] = value if key in literal else _structural(value, defs)
     return out
 
 
