@@ -52,7 +52,8 @@ dev-down: install ## stop the local control plane (and the demo operator)
 demo: tools ## control plane + operator + examples/ranker.yaml, then show objects and status
 	bash scripts/demo.sh
 
-bench: tools ## reconcile benchmark; writes BENCHMARKS.md figures and benchmarks/*.png
+bench: tools ## reconcile benchmark: benchmarks/results/reconcile.{json,png} (figures go into BENCHMARKS.md)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/bench_reconcile.py
 
 clean: ## remove the virtualenv (the binary cache in ~/.cache/peakserve stays)

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="watch only this namespace (repeatable); default all namespaces")
     p.add_argument("--health-address", default="0.0.0.0:8080", help="liveness endpoint host:port")
     p.add_argument("--metrics-address", default="0.0.0.0:9090", help="Prometheus metrics host:port")
-    p.add_argument("--drift-interval", type=float, default=60.0,
-                   help="seconds between drift checks of each ModelDeployment")
+    p.add_argument("--drift-interval", type=float, default=300.0,
+                   help="seconds between drift checks of each ModelDeployment (they re-apply desired state)")
     p.add_argument("--peering", default=None,
                    help="kopf peering name for HA (several operators, one active); default standalone")
     p.set_defaults(func=_run)

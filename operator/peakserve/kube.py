@@ -55,13 +55,17 @@ class Kube:
         """The given kubeconfig, else in-cluster config, else $KUBECONFIG / ~/.kube/config."""
         from kubernetes import config
 
+        cfg = client.Configuration()
+        # More connections than handler threads (16), so threads never queue for a socket.
+        cfg.connection_pool_maxsize = 32
         if path is None:
             try:
-                config.load_incluster_config()
-                return cls(client.ApiClient())
+                config.load_incluster_config(client_configuration=cfg)
+                return cls(client.ApiClient(cfg))
             except config.ConfigException:
                 pass
-        return cls(config.new_client_from_config(str(path) if path else None))
+        config.load_kube_config(config_file=str(path) if path else None, client_configuration=cfg)
+        return cls(client.ApiClient(cfg))
 
     def _call(self, method: str, path: str, body: Any = None, query: list | None = None,
               content_type: str = "application/json") -> Any:

@@ -88,6 +88,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
     settings.batching.worker_limit = 256
+    # Filter child watches on the server: otherwise every Deployment and Pod event in the
+    # cluster is sent to us and decoded, only to be dropped by the handlers' label filter.
+    selector = ",".join(f"{k}={v}" for k, v in CHILD_SELECTOR.items())
+    for resource in (("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"), ("v1", "pods")):
+        settings.watching.label_selectors[resource] = selector
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
@@ -142,6 +147,8 @@ def run_operator(namespaces: list[str], health_address: str, metrics_address: st
     host, _, port = metrics_address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0")
     kopf.configure(verbose=False)
+    # kopf logs every handler run at INFO (thousands of lines under load); we log transitions instead.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     health_host, _, health_port = health_address.rpartition(":")
     asyncio.run(kopf.operator(
         clusterwide=not namespaces,

@@ -62,36 +62,49 @@ def hand_replicas_to_hpa(kube: Kube, deployment: dict[str, Any] | None) -> None:
                 "spec": {"replicas": deployment["spec"].get("replicas", 1)}}, manager=HANDOVER_MANAGER)
 
 
-def converge(kube: Kube, owner: Owner, children: list[dict[str, Any]]) -> None:
-    """Dry-run everything, then apply everything, then remove children the spec no longer wants."""
-    for child in children:  # the API server's own validation, before anything changes
-        kube.apply(child, dry_run=True)
+# Children whose content comes from free-form input (affinity, tolerations, quantities). The others
+# are built only from schema-checked fields, so the API server's dry run is spent on these alone.
+DRY_RUN_KINDS = ("Deployment", "HorizontalPodAutoscaler")
+
+
+def converge(kube: Kube, owner: Owner, children: list[dict[str, Any]], *, validate: bool) -> dict[str, Any]:
+    """Dry-run (for a spec not yet accepted), apply everything, remove children no longer wanted.
+
+    Returns the applied objects by kind: the API server's answers, so nobody has to read them again.
+    """
+    if validate:  # the API server's own validation, before anything changes
+        for child in children:
+            if child["kind"] in DRY_RUN_KINDS:
+                kube.apply(child, dry_run=True)
     deployment = next(c for c in children if c["kind"] == "Deployment")
     if "replicas" not in deployment["spec"]:
         hand_replicas_to_hpa(kube, kube.get("apps/v1", "Deployment", owner.namespace, names.child_name(owner.name)))
-    for child in children:
-        kube.apply(child)
-    wanted = {c["kind"] for c in children}
+    applied = {child["kind"]: kube.apply(child) for child in children}
     for kind in CHILD_KINDS:
-        if kind in wanted:
+        if kind in applied:
             continue
         stale = kube.get(API_VERSIONS[kind], kind, owner.namespace, names.child_name(owner.name))
         if stale and any(ref.get("uid") == owner.uid for ref in stale["metadata"].get("ownerReferences") or []):
             kube.delete(API_VERSIONS[kind], kind, owner.namespace, stale["metadata"]["name"])
+    return applied
 
 
 def observe(kube: Kube, owner: Owner, generation: int, spec_raw: dict[str, Any] | None,
-            invalid: str | None = None) -> conditions.Observed:
+            invalid: str | None = None, known: dict[str, Any] | None = None) -> conditions.Observed:
+    """Read the children back; `known` holds objects the caller already has fresh from the API server."""
+    known = known or {}
     child = names.child_name(owner.name)
-    deployment = kube.get("apps/v1", "Deployment", owner.namespace, child)
+    deployment = known.get("Deployment") or kube.get("apps/v1", "Deployment", owner.namespace, child)
     serving = (spec_raw or {}).get("serving") or {}
     hpa = None
     if (spec_raw or {}).get("autoscaling") and not invalid:
-        hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", owner.namespace, child)
+        hpa = known.get("HorizontalPodAutoscaler") or kube.get(
+            "autoscaling/v2", "HorizontalPodAutoscaler", owner.namespace, child)
     pods: list[dict[str, Any]] = []
     dep_status = (deployment or {}).get("status") or {}
     desired = ((deployment or {}).get("spec") or {}).get("replicas") or 0
-    if deployment and (dep_status.get("readyReplicas") or 0) < desired:  # only look at pods when short
+    # Pods are listed only when some exist and not all are ready: that is when scheduling matters.
+    if (dep_status.get("replicas") or 0) > 0 and (dep_status.get("readyReplicas") or 0) < desired:
         selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(owner.name).items())
         pods = kube.list("v1", "Pod", owner.namespace, selector)
     return conditions.Observed(
@@ -126,17 +139,29 @@ def write_status(kube: Kube, body: dict[str, Any], status: dict[str, Any], emit:
     meta = body["metadata"]
     kube.patch_status(meta["namespace"], meta["name"], status)
     for cond in conditions.transitions(previous.get("conditions") or [], status["conditions"]):
-        emit(body, conditions.event_type(cond), cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}")
+        text = f"{cond['type']}={cond['status']}: {cond['message']}"
+        log.info("%s/%s %s (%s)", meta["namespace"], meta["name"], text, cond["reason"])
+        emit(body, conditions.event_type(cond), cond["reason"], text)
     return True
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == conditions.READY), {})
+
+
+def _accepted(body: dict[str, Any], generation: int) -> bool:
+    """This generation was applied before (a drift check or a resume): no need to dry-run it again."""
+    status = body.get("status") or {}
+    return status.get("observedGeneration") == generation and _ready(status).get("reason") != conditions.INVALID_SPEC
 
 
 def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
     owner = Owner.of(body)
     generation = int(body["metadata"].get("generation") or 0)
-    invalid = None
+    invalid, applied = None, None
     try:
         spec = parse_spec(body.get("spec"))
-        converge(kube, owner, render_children(owner, spec))
+        applied = converge(kube, owner, render_children(owner, spec), validate=not _accepted(body, generation))
     except InvalidSpec as err:
         invalid = str(err)
     except ApiException as err:
@@ -145,7 +170,7 @@ def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
         # The API server refused a child (dry run): the spec asks for something it cannot be.
         invalid = f"the API server rejected the rendered children: {error_message(err)}"
     previous_status = body.get("status") or {}
-    obs = observe(kube, owner, generation, body.get("spec"), invalid)
+    obs = observe(kube, owner, generation, body.get("spec"), invalid, known=applied)
     status = status_from(obs, owner, previous_status)
     write_status(kube, body, status, emit)
     return Outcome(status=status, invalid=invalid is not None)
@@ -155,8 +180,8 @@ def refresh_status(kube: Kube, body: dict[str, Any], emit: EventSink) -> dict[st
     """Observe and report only: a child changed, the spec did not."""
     generation = int(body["metadata"].get("generation") or 0)
     previous = body.get("status") or {}
-    ready = next((c for c in previous.get("conditions") or [] if c.get("type") == conditions.READY), None)
-    if ready and ready.get("reason") == conditions.INVALID_SPEC and ready.get("observedGeneration") == generation:
+    ready = _ready(previous)
+    if ready.get("reason") == conditions.INVALID_SPEC and ready.get("observedGeneration") == generation:
         return reconcile(kube, body, emit).status  # re-check the verdict; it writes nothing if still invalid
     owner = Owner.of(body)
     status = status_from(observe(kube, owner, generation, body.get("spec")), owner, previous)

@@ -110,3 +110,10 @@ def test_operator_metrics_and_liveness(kubectl, operator, ns):
     assert float(samples['peakserve_modeldeployments{ready="True"}']) >= 1
     assert "peakserve_reconcile_errors_total" in text
     assert operator.healthy()
+
+
+def test_kubectl_explain_describes_the_spec(kubectl):
+    out = kubectl.run("explain", "modeldeployment.spec.serving.gpuProduct").stdout
+    assert "nvidia.com/gpu.product" in out and "GPU feature discovery" in out
+    out = kubectl.run("explain", "modeldeployment.spec.autoscaling.metric").stdout
+    assert "queueTime" in out and "microseconds" in out

@@ -17,6 +17,7 @@ class GpuNode:
     gpus: int
     cpu: str = "64"
     memory: str = "512Gi"
+    pods: str = "110"
 
 
 # Two products, so tests can prove the product selector and the GPU count both matter.
@@ -28,7 +29,7 @@ DEFAULT_NODES = (
 
 
 def node_manifest(node: GpuNode) -> dict[str, Any]:
-    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", "nvidia.com/gpu": str(node.gpus)}
+    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": node.pods, "nvidia.com/gpu": str(node.gpus)}
     return {
         "apiVersion": "v1",
         "kind": "Node",
