@@ -27,14 +27,12 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +43,8 @@ sys.path.insert(0, str(ROOT / "operator"))  # works without the editable install
 
 from peakserve.devcluster.cluster import DevCluster  # noqa: E402
 from peakserve.devcluster.nodes import GpuNode  # noqa: E402
+from peakserve.devcluster.operator_process import OperatorProcess  # noqa: E402
+from peakserve.devcluster.samples import model_deployment, small_spec  # noqa: E402
 from peakserve.devcluster.tools import ensure_tools  # noqa: E402
 from peakserve.kube import ApiException, Kube  # noqa: E402
 from peakserve.render import render_children  # noqa: E402
@@ -57,19 +57,8 @@ BASELINE_MANAGER = "bench-baseline"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 RESULTS = ROOT / "benchmarks" / "results"
 
-# Small and valid, like tests/integration/cluster.py BASE_SPEC, with tiny requests so 500 fit.
-SPEC: dict[str, Any] = {
-    "model": {
-        "name": "ranker",
-        "uri": "/var/lib/peakserve/models/ranker/1",
-        "inputs": [{"name": "dense", "dataType": "FP32", "dims": [13]}],
-        "outputs": [{"name": "score", "dataType": "FP32", "dims": [1]}],
-    },
-    "serving": {"gpus": 1, "gpuProduct": "NVIDIA-A10",
-                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}}},
-    "replicas": 1,
-}
-
+# Small and valid, with tiny requests so 500 fit on the benchmark nodes.
+SPEC: dict[str, Any] = small_spec(cpu="10m", memory="16Mi")
 
 # ---- small helpers ------------------------------------------------------------------------
 
@@ -102,15 +91,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def md_body(name: str, namespace: str) -> dict[str, Any]:
-    return {"apiVersion": "peakserve.io/v1alpha1", "kind": "ModelDeployment",
-            "metadata": {"name": name, "namespace": namespace}, "spec": copy.deepcopy(SPEC)}
+    return model_deployment(name, namespace, copy.deepcopy(SPEC))
 
 
 def ready_condition(obj: dict[str, Any]) -> str | None:
@@ -146,74 +128,6 @@ class Clients:
             self.local.kube = Kube.from_kubeconfig(self.kubeconfig)
         return self.local.kube
 
-
-# ---- the operator process -------------------------------------------------------------------
-
-class Operator:
-    def __init__(self, kubeconfig: Path, log_path: Path, drift_interval: float):
-        self.kubeconfig, self.log_path, self.drift = kubeconfig, log_path, drift_interval
-        self.health, self.metrics_port = free_port(), free_port()
-        self.proc: subprocess.Popen | None = None
-        self.argv: list[str] = []
-
-    def start(self, timeout: float = 60) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        self.argv = [sys.executable, "-m", "peakserve.cli", "run",
-                     f"--health-address=127.0.0.1:{self.health}",
-                     f"--metrics-address=127.0.0.1:{self.metrics_port}",
-                     f"--drift-interval={self.drift:g}"]
-        self.proc = subprocess.Popen(self.argv, env=env, stdout=open(self.log_path, "ab"),
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"operator not healthy after {timeout}s\n{self.tail()}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def metrics(self) -> dict[str, float]:
-        """peakserve_* samples from /metrics (counters and gauges; histogram sum/count)."""
-        out: dict[str, float] = {}
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return out
-        for line in text.splitlines():
-            if line.startswith("peakserve_") and "_bucket" not in line and "_created" not in line:
-                key, _, value = line.rpartition(" ")
-                try:
-                    out[key] = float(value)
-                except ValueError:
-                    pass
-        return out
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no operator log)"
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-# ---- cluster plumbing -----------------------------------------------------------------------
 
 def create_namespace(kube: Kube, ns: str) -> None:
     kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -416,7 +330,7 @@ def phase_baseline(clients: Clients, ns: str, count: int, threads: int, timeout:
             "samples": samples, "per_second_ready": per_second(samples)}
 
 
-def phase_operator(clients: Clients, operator: Operator, ns: str, count: int, threads: int,
+def phase_operator(clients: Clients, operator: OperatorProcess, ns: str, count: int, threads: int,
                    timeout: float, interval: float) -> dict[str, Any]:
     kube = clients.get()
     create_namespace(kube, ns)
@@ -552,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if need > 160 * args.nodes or need > 250 * args.nodes:
         p.error(f"{args.nodes} nodes cannot hold {need} single-GPU pods")
     cluster = DevCluster(work / "cluster", log=log)
-    operator = Operator(cluster.kubeconfig, work / "operator.log", args.drift_interval)
+    operator = OperatorProcess(cluster.kubeconfig, work / "operator.log", args.drift_interval)
     results: dict[str, Any] = {
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

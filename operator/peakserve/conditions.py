@@ -171,9 +171,15 @@ def derive_conditions(obs: Observed, previous: list[dict[str, Any]], now: str) -
 
 
 def transitions(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Conditions whose status or reason changed: each becomes an Event."""
+    """Conditions worth an Event: a changed status or reason, or a first appearance that is a warning.
+
+    A new object's healthy first conditions (not degraded, rolling out) are not news; they would only
+    add API writes when hundreds of ModelDeployments are created at the start of a promotion.
+    """
     before = {c.get("type"): (c.get("status"), c.get("reason")) for c in previous or []}
-    return [c for c in current if before.get(c["type"]) != (c["status"], c["reason"])]
+    return [c for c in current
+            if before.get(c["type"]) != (c["status"], c["reason"])
+            and (c["type"] in before or event_type(c) == "Warning")]
 
 
 def event_type(condition: dict[str, Any]) -> str:

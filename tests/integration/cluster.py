@@ -11,27 +11,18 @@ from typing import Any, Callable
 
 import yaml
 
+from peakserve.devcluster.samples import model_deployment, small_spec
+
 ROOT = Path(__file__).resolve().parents[2]
 
-BASE_SPEC: dict[str, Any] = {
-    "model": {
-        "name": "ranker",
-        "uri": "/var/lib/peakserve/models/ranker/1",
-        "inputs": [{"name": "dense", "dataType": "FP32", "dims": [13]}],
-        "outputs": [{"name": "score", "dataType": "FP32", "dims": [1]}],
-    },
-    "serving": {"gpus": 1, "gpuProduct": "NVIDIA-A10",
-                "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}},
-    "replicas": 1,
-}
+BASE_SPEC = small_spec()
 
 
 def md(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
     """A ModelDeployment; keyword overrides are deep-merged into BASE_SPEC."""
     spec = copy.deepcopy(BASE_SPEC)
     _merge(spec, overrides)
-    return {"apiVersion": "peakserve.io/v1alpha1", "kind": "ModelDeployment",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return model_deployment(name, namespace, spec)
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

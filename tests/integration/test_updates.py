@@ -12,8 +12,7 @@ pytestmark = pytest.mark.integration
 
 def reconcile_count(operator) -> float:
     """Reconciles this operator process has finished, whatever their result."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in operator.metrics().splitlines()
-               if line.startswith("peakserve_reconcile_total{"))
+    return sum(v for k, v in operator.metrics().items() if k.startswith("peakserve_reconcile_total{"))
 
 
 def _deployment(kubectl, ns, name="ranker"):

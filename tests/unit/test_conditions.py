@@ -283,7 +283,9 @@ def test_last_transition_time_moves_when_status_changes():
 
 def test_transitions_reports_only_changes():
     serving = derive_conditions(observed(deployment=deployment()), [], T0)
-    assert [c["type"] for c in transitions([], serving)] == ["Ready", "Progressing", "Degraded"]
+    assert transitions([], serving) == []  # healthy first conditions are not news
+    loading = derive_conditions(observed(deployment=deployment(ready=0)), [], T0)
+    assert [(c["type"], c["reason"]) for c in transitions([], loading)] == [("Ready", "ReplicasNotReady")]
     assert transitions(serving, derive_conditions(observed(deployment=deployment(replicas=3)), serving, T1)) == []
     failing = derive_conditions(observed(deployment=deployment(), hpa=hpa("False", "no metrics")), serving, T1)
     changed = transitions(serving, failing)
