@@ -87,7 +87,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300   # watches can go quiet; reconnect regularly
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
-    settings.batching.worker_limit = 256
     # Filter child watches on the server: otherwise every Deployment and Pod event in the
     # cluster is sent to us and decoded, only to be dropped by the handlers' label filter.
     selector = ",".join(f"{k}={v}" for k, v in CHILD_SELECTOR.items())
