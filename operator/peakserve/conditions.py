@@ -28,7 +28,6 @@ PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
 REPLICA_FAILURE = "ReplicaFailure"
 AUTOSCALER_FAILING = "AutoscalerFailing"
 AS_EXPECTED = "AsExpected"
-RECONCILE_ERROR = "ReconcileError"
 
 
 @dataclass

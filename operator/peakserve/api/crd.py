@@ -8,6 +8,7 @@ and writes object defaults so the API server fills nested defaults itself.
 from __future__ import annotations
 
 import copy
+import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -99,8 +100,6 @@ def _apply_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
