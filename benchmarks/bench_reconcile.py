@@ -135,7 +135,7 @@ def create_namespace(kube: Kube, ns: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            kube._call("GET", f"/api/v1/namespaces/{ns}/serviceaccounts/default")
+            kube.call("GET", f"/api/v1/namespaces/{ns}/serviceaccounts/default")
             return
         except ApiException as err:
             if err.status != 404:
@@ -148,14 +148,14 @@ def delete_namespace(kube: Kube, ns: str, timeout: float) -> float:
     """Delete and wait until it is gone; returns the seconds it took."""
     started = time.monotonic()
     try:
-        kube._call("DELETE", f"/api/v1/namespaces/{ns}")
+        kube.call("DELETE", f"/api/v1/namespaces/{ns}")
     except ApiException as err:
         if err.status != 404:
             raise
     progress = Progress(f"delete {ns}", 1)
     while time.monotonic() - started < timeout:
         try:
-            kube._call("GET", f"/api/v1/namespaces/{ns}")
+            kube.call("GET", f"/api/v1/namespaces/{ns}")
         except ApiException as err:
             if err.status == 404:
                 progress.update(1, "gone")
@@ -310,7 +310,7 @@ def phase_baseline(clients: Clients, ns: str, count: int, threads: int, timeout:
             errors.append(f"{name}: {err}")
 
     def count_ready() -> int:
-        deps = kube._call("GET", f"/apis/apps/v1/namespaces/{ns}/deployments",
+        deps = kube.call("GET", f"/apis/apps/v1/namespaces/{ns}/deployments",
                           query=[("labelSelector", f"{MANAGED_BY}={BASELINE_MANAGER}")]).get("items", [])
         return sum(1 for d in deps if ((d.get("status") or {}).get("readyReplicas") or 0) >= 1)
 
@@ -347,7 +347,7 @@ def phase_operator(clients: Clients, operator: OperatorProcess, ns: str, count: 
             errors.append(f"{name}: {err}")
 
     def count_ready() -> int:
-        items = kube._call("GET", path).get("items", [])
+        items = kube.call("GET", path).get("items", [])
         return sum(1 for o in items if ready_condition(o) == "True")
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="creator")
@@ -368,7 +368,7 @@ def phase_operator(clients: Clients, operator: OperatorProcess, ns: str, count: 
         "samples": samples, "per_second_ready": per_second(samples),
     }
     if wall is None:  # what did the stragglers say?
-        items = kube._call("GET", path).get("items", [])
+        items = kube.call("GET", path).get("items", [])
         reasons: dict[str, int] = {}
         for o in items:
             cond = next((c for c in (o.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), None)
@@ -428,7 +428,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
 def versions(kube: Kube) -> dict[str, str]:
     out = {"python": platform.python_version()}
     try:
-        v = kube._call("GET", "/version")
+        v = kube.call("GET", "/version")
         out["kube_apiserver"] = v.get("gitVersion", "?")
     except ApiException:
         out["kube_apiserver"] = "?"

@@ -50,6 +50,14 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crds(args: argparse.Namespace) -> int:
+    from .crds_apply import apply_crds
+    from .kube import Kube
+
+    print(apply_crds(Kube.from_kubeconfig(args.kubeconfig)))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .operator_main import run_operator
 
@@ -76,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("crd", help="print the CRD generated from the spec models")
     p.add_argument("--write", metavar="PATH", help="write to PATH instead of stdout")
     p.set_defaults(func=_crd)
+
+    p = sub.add_parser("crds", help="manage the CRD in a cluster (Helm never upgrades crds/)")
+    p.add_argument("action", choices=["apply"], help="apply: server-side apply this version's CRD")
+    p.add_argument("--kubeconfig", default=None, help="default: in-cluster, then $KUBECONFIG")
+    p.set_defaults(func=_crds)
 
     p = sub.add_parser("docs", help="regenerate the CRD reference section of the README")
     p.add_argument("--readme", default="README.md")

@@ -27,10 +27,11 @@ PLURALS = {
 ApiException = client.ApiException
 
 
-def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None,
+def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
                   subresource: str | None = None) -> str:
+    """REST path of a namespaced kind; namespace None lists across all namespaces."""
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    path = f"{base}/namespaces/{namespace}/{PLURALS[kind]}"
+    path = f"{base}/namespaces/{namespace}/{PLURALS[kind]}" if namespace else f"{base}/{PLURALS[kind]}"
     if name:
         path += f"/{name}"
     if subresource:
@@ -67,7 +68,7 @@ class Kube:
         config.load_kube_config(config_file=str(path) if path else None, client_configuration=cfg)
         return cls(client.ApiClient(cfg))
 
-    def _call(self, method: str, path: str, body: Any = None, query: list | None = None,
+    def call(self, method: str, path: str, body: Any = None, query: list | None = None,
               content_type: str = "application/json") -> Any:
         method, url, headers, body, post = self.client.param_serialize(
             method, path, query_params=query or [], body=body,
@@ -81,7 +82,7 @@ class Kube:
         return json.loads(resp.data) if resp.data else {}
 
     def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", path, body=obj)
+        return self.call("POST", path, body=obj)
 
     def apply(self, obj: dict[str, Any], *, dry_run: bool = False, manager: str = MANAGER) -> dict[str, Any]:
         meta = obj["metadata"]
@@ -89,28 +90,29 @@ class Kube:
         if dry_run:
             query.append(("dryRun", "All"))
         path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-        return self._call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
+        return self.call("PATCH", path, body=obj, query=query, content_type="application/apply-patch+yaml")
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._call("GET", resource_path(api_version, kind, namespace, name))
+            return self.call("GET", resource_path(api_version, kind, namespace, name))
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
 
-    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        result = self._call("GET", resource_path(api_version, kind, namespace),
-                            query=[("labelSelector", label_selector)])
+    def list(self, api_version: str, kind: str, namespace: str | None,
+             label_selector: str = "") -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self.call("GET", resource_path(api_version, kind, namespace), query=query)
         return result.get("items", [])
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         try:
-            self._call("DELETE", resource_path(api_version, kind, namespace, name))
+            self.call("DELETE", resource_path(api_version, kind, namespace, name))
         except ApiException as err:
             if err.status != 404:
                 raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         path = resource_path(api.API_VERSION, api.KIND, namespace, name, "status")
-        return self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+        return self.call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

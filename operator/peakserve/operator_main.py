@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 
 from . import api, metrics
 from .kube import ApiException, Kube
+from .drift import drift_loop
 from .reconcile import owner_name, reconcile, refresh_status
 from .render.names import MANAGER
 
@@ -86,6 +87,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Events describe transitions; skip kopf's chatter
     settings.watching.server_timeout = 300   # watches can go quiet; reconnect regularly
     settings.watching.client_timeout = 330
+    # The watched resources are fixed: no need to observe CRDs and namespaces (nor the RBAC to do so).
+    settings.scanning.disabled = True
     settings.execution.max_workers = 16
     # Filter child watches on the server: otherwise every Deployment and Pod event in the
     # cluster is sent to us and decoded, only to be dropped by the handlers' label filter.
@@ -101,9 +104,12 @@ def converge_handler(body: kopf.Body, **_: Any) -> None:
     _run_reconcile(body)
 
 
-def drift_check(body: kopf.Body, **_: Any) -> None:
+def _drift_reconcile(body: dict[str, Any]) -> None:
     """Level-triggered safety net: re-apply desired state even when no event arrived."""
-    _run_reconcile(body)
+    try:
+        _run_reconcile(body)
+    except kopf.TemporaryError as err:  # the next pass retries
+        log.warning("drift check of %s: %s", _key(body), err)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
@@ -141,8 +147,9 @@ def child_changed(body: kopf.Body, namespace: str, type: str | None, **_: Any) -
 
 def run_operator(namespaces: list[str], health_address: str, metrics_address: str,
                  drift_interval: float, peering: str | None) -> int:
-    kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=drift_interval, initial_delay=drift_interval,
-               idle=5)(drift_check)
+    stop = threading.Event()
+    threading.Thread(target=drift_loop, name="drift", daemon=True,
+                     args=(_kube(), namespaces, drift_interval, _drift_reconcile, stop)).start()
     host, _, port = metrics_address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0")
     kopf.configure(verbose=False)
@@ -156,4 +163,5 @@ def run_operator(namespaces: list[str], health_address: str, metrics_address: st
         standalone=peering is None,
         peering_name=peering,
     ))
+    stop.set()
     return 0

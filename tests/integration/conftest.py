@@ -17,6 +17,9 @@ pytestmark = pytest.mark.integration
 
 DRIFT_INTERVAL = 3.0
 
+# Operators started with admin rights; tests that must prove what another identity can do pause them.
+ADMIN_OPERATORS: list[OperatorProcess] = []
+
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
@@ -39,7 +42,9 @@ def operator(cluster, kubectl, tmp_path_factory):
     op = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
                          drift_interval=DRIFT_INTERVAL)
     op.start()
+    ADMIN_OPERATORS.append(op)
     yield op
+    ADMIN_OPERATORS.remove(op)
     op.stop()
 
 

@@ -229,8 +229,9 @@ class DevCluster:
                      if any(c["type"] == "Ready" and c["status"] == "True"
                             for c in n.get("status", {}).get("conditions", []))]
             if len(ready) >= len(nodes):
-                self.log(f"[dev] {len(ready)} simulated GPU nodes Ready: "
-                         + ", ".join(f"{n.name} ({n.product} x{n.gpus})" for n in nodes))
+                self.log(f"[dev] {len(ready)} simulated nodes Ready: "
+                         + ", ".join(f"{n.name} ({n.product} x{n.gpus})" if n.gpus else f"{n.name} (CPU)"
+                                     for n in nodes))
                 return
             time.sleep(0.3)
         raise RuntimeError(f"KWOK did not make the nodes Ready; see {self.dir}/kwok.log")

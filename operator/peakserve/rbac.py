@@ -1,0 +1,37 @@
+"""Every permission the operator uses, and why. The Helm chart's RBAC must match this list exactly
+(tests/unit/test_chart.py), and tests/integration/test_helm.py proves it is enough and no more."""
+
+from __future__ import annotations
+
+# (apiGroup, resource, verbs, why)
+OPERATOR_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
+    ("peakserve.io", "modeldeployments", ("get", "list", "watch", "patch"),
+     "watch ModelDeployments; kopf keeps its bookkeeping in annotations"),
+    ("peakserve.io", "modeldeployments/status", ("patch",), "write status conditions"),
+    ("", "events", ("create",), "an Event per condition transition"),
+    ("", "configmaps", ("create", "patch"), "server-side apply of the Triton config (apply may create)"),
+    ("", "services", ("create", "patch"), "server-side apply of the Service"),
+    ("apps", "deployments", ("get", "list", "watch", "create", "patch"),
+     "apply the Deployment, read it back, and watch it for status"),
+    ("policy", "poddisruptionbudgets", ("create", "patch"), "server-side apply of the PodDisruptionBudget"),
+    ("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete"),
+     "apply the HPA, watch it for status, delete it when autoscaling is turned off"),
+    ("", "pods", ("list", "watch"), "see why pods are not scheduled"),
+]
+
+# Only with --peering (HA): kopf's peering objects elect the active operator.
+PEERING_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
+    ("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch"), "leader election (cluster-wide)"),
+    ("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch"), "leader election (per namespace)"),
+]
+
+# The pre-upgrade hook that upgrades the CRD (Helm never upgrades crds/).
+CRD_UPGRADE_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
+    ("apiextensions.k8s.io", "customresourcedefinitions", ("get", "patch"),
+     "server-side apply of the ModelDeployment CRD, limited to that one name"),
+]
+
+
+def as_policy_rules(rules: list[tuple[str, str, tuple[str, ...], str]]) -> list[dict]:
+    return [{"apiGroups": [group], "resources": [resource], "verbs": list(verbs)}
+            for group, resource, verbs, _ in rules]
