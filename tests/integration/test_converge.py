@@ -21,6 +21,8 @@ def test_apply_converges_to_serving_on_gpu_nodes(kubectl, operator, ns):
     obj = ready(kubectl, "ranker", ns)
 
     status = obj["status"]
+    # No finalizer: deleting a ModelDeployment must never wait for the operator to be running.
+    assert not obj["metadata"].get("finalizers")
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert status["readyReplicas"] == 2 and status["replicas"] == 2
     assert status["endpoint"] == {"http": f"http://ranker.{ns}.svc:8000", "grpc": f"ranker.{ns}.svc:8001"}
