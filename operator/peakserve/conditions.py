@@ -45,11 +45,14 @@ class Observed:
     endpoint: str = ""
 
 
+def find(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any]:
+    """The condition of that type in a conditions list, or {}."""
+    return next((c for c in conditions or [] if c.get("type") == ctype), {})
+
+
 def _cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == ctype:
-            return c
-    return None
+    """The condition of that type in an object's status, or None."""
+    return find(((obj or {}).get("status") or {}).get("conditions"), ctype) or None
 
 
 def _unschedulable_messages(pods: list[dict[str, Any]]) -> list[str]:

@@ -12,9 +12,9 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from . import api, metrics
-from .kube import ApiException, Kube
+from . import api, conditions, metrics
 from .drift import drift_loop
+from .kube import ApiException, Kube
 from .reconcile import owner_name, reconcile, refresh_status
 from .render.names import MANAGER
 
@@ -41,7 +41,7 @@ def _emit(body: dict[str, Any], event_type: str, reason: str, message: str) -> N
 
 
 def _ready_of(status: dict[str, Any]) -> str:
-    return next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "Unknown")
+    return conditions.find(status.get("conditions"), conditions.READY).get("status", "Unknown")
 
 
 def _key(body: Any) -> str:

@@ -1,6 +1,6 @@
 """One converging reconcile: desired children in, cluster converged, status derived from what is seen.
 
-Create, update, resume and the drift timer all call `reconcile`. Events on the children
+Create, update, resume and the drift loop all call `reconcile`. Events on the children
 call `refresh_status`, which observes and reports without writing any child.
 """
 
@@ -22,8 +22,6 @@ from .validation import InvalidSpec, parse_spec
 log = logging.getLogger("peakserve.reconcile")
 
 HANDOVER_MANAGER = "peakserve-handover-to-hpa"
-API_VERSIONS = {"ConfigMap": "v1", "Service": "v1", "Deployment": "apps/v1",
-                "PodDisruptionBudget": "policy/v1", "HorizontalPodAutoscaler": "autoscaling/v2"}
 
 # (body of the ModelDeployment, event type, reason, message) -> None
 EventSink = Callable[[dict[str, Any], str, str, str], None]
@@ -80,12 +78,12 @@ def converge(kube: Kube, owner: Owner, children: list[dict[str, Any]], *, valida
     if "replicas" not in deployment["spec"]:
         hand_replicas_to_hpa(kube, kube.get("apps/v1", "Deployment", owner.namespace, names.child_name(owner.name)))
     applied = {child["kind"]: kube.apply(child) for child in children}
-    for kind in CHILD_KINDS:
+    for kind, api_version in CHILD_KINDS.items():
         if kind in applied:
             continue
-        stale = kube.get(API_VERSIONS[kind], kind, owner.namespace, names.child_name(owner.name))
+        stale = kube.get(api_version, kind, owner.namespace, names.child_name(owner.name))
         if stale and any(ref.get("uid") == owner.uid for ref in stale["metadata"].get("ownerReferences") or []):
-            kube.delete(API_VERSIONS[kind], kind, owner.namespace, stale["metadata"]["name"])
+            kube.delete(api_version, kind, owner.namespace, stale["metadata"]["name"])
     return applied
 
 
@@ -145,14 +143,11 @@ def write_status(kube: Kube, body: dict[str, Any], status: dict[str, Any], emit:
     return True
 
 
-def _ready(status: dict[str, Any]) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == conditions.READY), {})
-
-
 def _accepted(body: dict[str, Any], generation: int) -> bool:
     """This generation was applied before (a drift check or a resume): no need to dry-run it again."""
     status = body.get("status") or {}
-    return status.get("observedGeneration") == generation and _ready(status).get("reason") != conditions.INVALID_SPEC
+    ready = conditions.find(status.get("conditions"), conditions.READY)
+    return status.get("observedGeneration") == generation and ready.get("reason") != conditions.INVALID_SPEC
 
 
 def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
@@ -180,7 +175,7 @@ def refresh_status(kube: Kube, body: dict[str, Any], emit: EventSink) -> dict[st
     """Observe and report only: a child changed, the spec did not."""
     generation = int(body["metadata"].get("generation") or 0)
     previous = body.get("status") or {}
-    ready = _ready(previous)
+    ready = conditions.find(previous.get("conditions"), conditions.READY)
     if ready.get("reason") == conditions.INVALID_SPEC and ready.get("observedGeneration") == generation:
         return reconcile(kube, body, emit).status  # re-check the verdict; it writes nothing if still invalid
     owner = Owner.of(body)

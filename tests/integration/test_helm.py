@@ -18,7 +18,7 @@ from peakserve.devcluster.operator_process import OperatorProcess
 from peakserve.devcluster.tools import ensure_tools
 
 from . import conftest
-from .cluster import ROOT, condition, md, wait_for
+from .cluster import ROOT, md
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ def default_dir() -> Path:
     return build.cache_root() / "dev"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -79,7 +79,7 @@ class DevCluster:
         token = base64.b32encode(os.urandom(20)).decode().lower()
         (self.dir / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
         (self.dir / ADMIN_TOKEN_FILE).write_text(token)
-        ports = {name: _free_port() for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok")}
+        ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok")}
         self._write_kubeconfig(ports["apiserver"], token, pki)
         state = {"ports": ports, "pids": {}}
         for name in COMPONENTS:

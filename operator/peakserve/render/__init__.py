@@ -13,8 +13,14 @@ from .owner import Owner
 from .service import render_service
 from .triton_config import config_hash, render_config_pbtxt
 
-# Kinds peakserve may create, in apply order: config before the pods that mount it.
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+# Kinds peakserve may create, with their apiVersion, in apply order: config before the pods that mount it.
+CHILD_KINDS = {
+    "ConfigMap": "v1",
+    "Service": "v1",
+    "Deployment": "apps/v1",
+    "PodDisruptionBudget": "policy/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+}
 
 
 def render_config_map(owner: Owner, config: str) -> dict[str, Any]:
