@@ -22,6 +22,7 @@ install: $(STAMP) ## create .venv and install peakserve with its test dependenci
 tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/helm (cached in ~/.cache/peakserve)
 	$(PY) -m peakserve.devcluster.build
 	$(PY) -m peakserve.devcluster.tools
+	$(PY) -m peakserve.triton.install
 
 test: tools ## run all tests: unit, then integration against a real control plane
 	$(PY) -m pytest -q
@@ -55,6 +56,16 @@ demo: tools ## control plane + operator + examples/ranker.yaml, then show object
 bench: tools ## reconcile benchmark: benchmarks/results/reconcile.{json,png} (figures go into BENCHMARKS.md)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/bench_reconcile.py
+
+.PHONY: samples
+samples: install model_repo/ranker/inputs/train_report.json model_repo/encoder/inputs/train_report.json ## train the two sample models into model_repo/*/inputs (deterministic, < 1 min)
+
+# train_report.json is written last: an interrupted training runs again.
+model_repo/ranker/inputs/train_report.json: model_repo/ranker/train.py model_repo/ranker/model.py | $(STAMP)
+	$(PY) model_repo/ranker/train.py --out model_repo/ranker/inputs
+
+model_repo/encoder/inputs/train_report.json: model_repo/encoder/train.py model_repo/encoder/model.py | $(STAMP)
+	$(PY) model_repo/encoder/train.py --out model_repo/encoder/inputs
 
 clean: ## remove the virtualenv (the binary cache in ~/.cache/peakserve stays)
 	rm -rf $(VENV)

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEAKSERVE=.venv/bin/peakserve
+PY=.venv/bin/python
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, KWOK)"
@@ -26,15 +27,36 @@ else
   echo "running (pid $(cat "$state_dir/operator.pid")), liveness http://127.0.0.1:18080/healthz, metrics http://127.0.0.1:19090/metrics"
 fi
 
-step "kubectl apply -f examples/model-store.yaml -f examples/ranker.yaml"
-kubectl apply -f examples/model-store.yaml -f examples/ranker.yaml
+step "Local build runner (runs build Jobs' pods on this host; KWOK runs no containers; logs in $state_dir/builds.log)"
+if [ -f "$state_dir/builds.pid" ] && kill -0 "$(cat "$state_dir/builds.pid")" 2>/dev/null; then
+  echo "already running (pid $(cat "$state_dir/builds.pid"))"
+else
+  setsid $PEAKSERVE dev builds >"$state_dir/builds.log" 2>&1 < /dev/null &
+  echo $! >"$state_dir/builds.pid"
+  echo "running (pid $(cat "$state_dir/builds.pid"))"
+fi
+
+step "Train the sample ranker (make samples) and put it on the model store"
+make --no-print-directory samples
+store="$state_dir/model-store"
+mkdir -p "$store/sources"
+rm -rf "$store/sources/ranker" && cp -r model_repo/ranker/inputs "$store/sources/ranker"
+# examples/model-store.yaml with its hostPath pointed at this cluster's own directory
+sed "s#/var/lib/peakserve/models#$store#" examples/model-store.yaml | kubectl apply -f -
+
+step "kubectl apply -f examples/ranker-build.yaml: build (torch -> ONNX -> int8, gated) before any rollout"
+kubectl apply -f examples/ranker-build.yaml
+kubectl wait --for=condition=BuildSucceeded modeldeployment/ranker --timeout=600s
 kubectl wait --for=condition=Ready modeldeployment/ranker --timeout=120s
 
 step "The ModelDeployment"
 kubectl get modeldeployments -o wide
 
+step "The build: chosen candidate, gate figures, rejected candidates (status.build)"
+kubectl get modeldeployment ranker -o jsonpath='{.status.build}' | $PY -m json.tool
+
 step "Its children (owned by the ModelDeployment, applied server-side by field manager 'peakserve')"
-kubectl get deployment,replicaset,pods,service,poddisruptionbudget,configmap -l app.kubernetes.io/managed-by=peakserve -o wide
+kubectl get job,deployment,replicaset,pods,service,poddisruptionbudget,configmap -l app.kubernetes.io/managed-by=peakserve -o wide
 
 step "Status conditions"
 kubectl get modeldeployment ranker -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
@@ -50,5 +72,9 @@ kubectl get modeldeployment ranker-xl -o jsonpath='{.status.conditions[?(@.type=
 
 step "Events"
 kubectl get events --field-selector involvedObject.kind=ModelDeployment --sort-by=.lastTimestamp
+
+step "A real request: the real tritonserver serves the built artifact (python backend running the same model.onnx)"
+artifact=$(kubectl get modeldeployment ranker -o jsonpath='{.status.build.hash}')
+$PY scripts/demo_request.py --repository "$store/artifacts/$artifact" --evaluation "$store/sources/ranker/evaluation.npz"
 
 printf '\nThe cluster and operator keep running. Explore with:\n  eval "$(%s dev env)"; kubectl get mdep\nStop everything with: make dev-down\n' "$PEAKSERVE"

@@ -1,4 +1,4 @@
-"""The `peakserve` command: render, crd, run, dev."""
+"""The `peakserve` command: render, build, crd, crds, docs, run, dev."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import yaml
 
 
 def _render(args: argparse.Namespace) -> int:
-    from .render import render_children
+    from .render import render_all
     from .render.owner import Owner
     from .validation import InvalidSpec, parse_spec
     from .yamlio import dump_all
@@ -26,7 +26,7 @@ def _render(args: argparse.Namespace) -> int:
         except InvalidSpec as err:
             print(f"{body['metadata'].get('name', '?')}: invalid spec: {err}", file=sys.stderr)
             return 1
-        out.extend(render_children(Owner.of(body), spec))
+        out.extend(render_all(Owner.of(body), spec))
     sys.stdout.write(dump_all(out))
     return 0
 
@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--namespace", default="default")
     p.set_defaults(func=_render)
 
+    from .build.cli import add_parser as add_build_parser
+
+    add_build_parser(sub)
+
     p = sub.add_parser("crd", help="print the CRD generated from the spec models")
     p.add_argument("--write", metavar="PATH", help="write to PATH instead of stdout")
     p.set_defaults(func=_crd)
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("dev", help="the local control plane: etcd, kube-*, KWOK GPU nodes")
-    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("action", choices=["up", "down", "status", "env", "builds"],
+                   help="builds: run build Jobs' pods on this host (KWOK runs no containers)")
     p.add_argument("--dir", default=None, help="state directory (default ~/.cache/peakserve/dev)")
     p.set_defaults(func=_dev)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+BUILD_SUCCEEDED = "BuildSucceeded"
 
 # Reasons
 SERVING = "Serving"
@@ -28,6 +29,8 @@ PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
 REPLICA_FAILURE = "ReplicaFailure"
 AUTOSCALER_FAILING = "AutoscalerFailing"
 AS_EXPECTED = "AsExpected"
+BUILDING = "Building"
+BUILD_FAILED = "BuildFailed"
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Observed:
     gpus: int = 1
     gpu_product: str | None = None
     endpoint: str = ""
+    build: dict[str, Any] | None = None  # status.build of the current spec's build, when spec.build is set
 
 
 def find(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any]:
@@ -90,6 +94,32 @@ def explain_unschedulable(message: str, count: int, obs: Observed) -> tuple[str,
     return UNSCHEDULABLE, f"{pods}. Scheduler: {first}"
 
 
+def _build_phase(obs: Observed) -> str | None:
+    return (obs.build or {}).get("phase")
+
+
+def _build_held(obs: Observed) -> bool:
+    """The current spec waits for its build (running or failed): nothing new rolls out."""
+    return obs.build is not None and _build_phase(obs) != "Succeeded"
+
+
+def _build_failure(obs: Observed) -> tuple[str, str]:
+    build = obs.build or {}
+    return build.get("reason") or BUILD_FAILED, build.get("message") or f"Build Job {build.get('job')} failed."
+
+
+def _build_condition(obs: Observed) -> tuple[str, str, str]:
+    build = obs.build or {}
+    phase = build.get("phase")
+    if phase == "Succeeded":
+        return "True", build.get("reason") or "GatesPassed", build.get("message") or "The build passed its gates."
+    if phase == "Failed":
+        reason, message = _build_failure(obs)
+        kept = " The previous version keeps serving." if obs.deployment else ""
+        return "False", reason, message + kept
+    return "Unknown", BUILDING, f"Building model {build.get('hash')} in Job {build.get('job')}."
+
+
 def _desired(obs: Observed) -> int:
     return int(((obs.deployment or {}).get("spec") or {}).get("replicas") or 0)
 
@@ -100,6 +130,11 @@ def _ready_condition(obs: Observed) -> tuple[str, str, str]:
     if obs.invalid:
         serving = f" The previous spec keeps serving ({ready}/{desired} ready)." if obs.deployment else ""
         return "False", INVALID_SPEC, obs.invalid + serving
+    if obs.deployment is None and _build_held(obs):
+        if _build_phase(obs) == "Failed":
+            reason, message = _build_failure(obs)
+            return "False", reason, message
+        return "False", BUILDING, "Waiting for the model build to pass its gates before the first rollout."
     if obs.deployment is None:
         return "Unknown", LOADING, "Waiting for the Triton Deployment to be created."
     if desired == 0:
@@ -117,6 +152,10 @@ def _ready_condition(obs: Observed) -> tuple[str, str, str]:
 def _progressing_condition(obs: Observed) -> tuple[str, str, str]:
     if obs.invalid:
         return "False", INVALID_SPEC, "Rollout held until the spec is fixed."
+    if _build_held(obs):
+        if _build_phase(obs) == "Failed":
+            return "False", BUILD_FAILED, "Rollout held: the build of this spec failed; fix the spec or its model."
+        return "True", BUILDING, "Building the model; the rollout starts once the build passes its gates."
     dep = obs.deployment
     if dep is None:
         return "True", ROLLING_OUT, "Creating the Triton Deployment."
@@ -136,6 +175,9 @@ def _progressing_condition(obs: Observed) -> tuple[str, str, str]:
 
 def _degraded_condition(obs: Observed) -> tuple[str, str, str]:
     dep = obs.deployment
+    if dep is not None and _build_phase(obs) == "Failed":
+        reason, message = _build_failure(obs)
+        return "True", reason, f"The build of the current spec failed: {message} The previous version keeps serving."
     failure = _cond(dep, "ReplicaFailure")
     if failure and failure.get("status") == "True":
         return "True", REPLICA_FAILURE, failure.get("message", "")
@@ -159,8 +201,10 @@ def derive_conditions(obs: Observed, previous: list[dict[str, Any]], now: str) -
     """Ready, Progressing, Degraded. lastTransitionTime moves only when status changes."""
     before = {c.get("type"): c for c in previous or []}
     out = []
-    for ctype, fn in ((READY, _ready_condition), (PROGRESSING, _progressing_condition),
-                      (DEGRADED, _degraded_condition)):
+    checks = [(READY, _ready_condition), (PROGRESSING, _progressing_condition), (DEGRADED, _degraded_condition)]
+    if obs.build is not None:
+        checks.append((BUILD_SUCCEEDED, _build_condition))
+    for ctype, fn in checks:
         status, reason, message = fn(obs)
         old = before.get(ctype)
         changed = old is None or old.get("status") != status
@@ -187,5 +231,7 @@ def transitions(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -
 def event_type(condition: dict[str, Any]) -> str:
     good = (condition["type"] == DEGRADED) == (condition["status"] == "False")
     if condition["type"] == PROGRESSING:
-        good = condition["reason"] != PROGRESS_DEADLINE and condition["reason"] != INVALID_SPEC
+        good = condition["reason"] not in (PROGRESS_DEADLINE, INVALID_SPEC, BUILD_FAILED)
+    if condition["type"] == BUILD_SUCCEEDED:
+        good = condition["status"] != "False"
     return "Normal" if good else "Warning"

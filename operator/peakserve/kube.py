@@ -21,6 +21,9 @@ PLURALS = {
     "Deployment": "deployments",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "Job": "jobs",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "PersistentVolume": "persistentvolumes",
     api.KIND: api.PLURAL,
 }
 
@@ -113,6 +116,10 @@ class Kube:
             if err.status != 404:
                 raise
 
+    def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str, patch: dict[str, Any],
+                    subresource: str | None = None) -> dict[str, Any]:
+        path = resource_path(api_version, kind, namespace, name, subresource)
+        return self.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        path = resource_path(api.API_VERSION, api.KIND, namespace, name, "status")
-        return self.call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+        return self.merge_patch(api.API_VERSION, api.KIND, namespace, name, {"status": status}, "status")

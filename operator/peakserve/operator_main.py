@@ -93,7 +93,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Filter child watches on the server: otherwise every Deployment and Pod event in the
     # cluster is sent to us and decoded, only to be dropped by the handlers' label filter.
     selector = ",".join(f"{k}={v}" for k, v in CHILD_SELECTOR.items())
-    for resource in (("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"), ("v1", "pods")):
+    for resource in (("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"), ("v1", "pods"),
+                     ("batch", "jobs")):
         settings.watching.label_selectors[resource] = selector
 
 
@@ -134,8 +135,9 @@ def _refresh_owner(namespace: str, child: dict[str, Any]) -> None:
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_SELECTOR)
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_SELECTOR)
 @kopf.on.event("", "v1", "pods", labels=CHILD_SELECTOR)
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_SELECTOR)
 def child_changed(body: kopf.Body, namespace: str, type: str | None, **_: Any) -> None:
-    """Children report back: Deployment rollout, HPA state and pod scheduling all feed status."""
+    """Children report back: Deployment rollout, HPA state, pod scheduling and build Jobs all feed status."""
     if type is None:  # the initial listing; resume handlers cover it
         return
     try:

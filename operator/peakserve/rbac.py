@@ -16,7 +16,9 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
     ("policy", "poddisruptionbudgets", ("create", "patch"), "server-side apply of the PodDisruptionBudget"),
     ("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete"),
      "apply the HPA, watch it for status, delete it when autoscaling is turned off"),
-    ("", "pods", ("list", "watch"), "see why pods are not scheduled"),
+    ("", "pods", ("list", "watch"), "see why pods are not scheduled; read a build pod's result"),
+    ("batch", "jobs", ("get", "list", "watch", "create", "patch"),
+     "start the model build Job, watch it finish, record its result on it"),
 ]
 
 # Only with --peering (HA): kopf's peering objects elect the active operator.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import conditions
+from .builds import BuildState, ensure_build
 from .kube import ApiException, Kube, error_message
 from .render import CHILD_KINDS, render_children
 from .render import names
@@ -87,8 +88,14 @@ def converge(kube: Kube, owner: Owner, children: list[dict[str, Any]], *, valida
     return applied
 
 
+def _serving_hash(deployment: dict[str, Any] | None) -> str | None:
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    return ((template.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_BUILD_HASH)
+
+
 def observe(kube: Kube, owner: Owner, generation: int, spec_raw: dict[str, Any] | None,
-            invalid: str | None = None, known: dict[str, Any] | None = None) -> conditions.Observed:
+            invalid: str | None = None, known: dict[str, Any] | None = None,
+            build: BuildState | None = None) -> conditions.Observed:
     """Read the children back; `known` holds objects the caller already has fresh from the API server."""
     known = known or {}
     child = names.child_name(owner.name)
@@ -108,12 +115,13 @@ def observe(kube: Kube, owner: Owner, generation: int, spec_raw: dict[str, Any] 
     return conditions.Observed(
         generation=generation, deployment=deployment, hpa=hpa, pods=pods, invalid=invalid,
         gpu_resource=serving.get("gpuResource", "nvidia.com/gpu"), gpus=int(serving.get("gpus", 1)),
-        gpu_product=serving.get("gpuProduct"), endpoint=endpoint(owner)["http"])
+        gpu_product=serving.get("gpuProduct"), endpoint=endpoint(owner)["http"],
+        build=build.status(_serving_hash(deployment)) if build else None)
 
 
 def status_from(obs: conditions.Observed, owner: Owner, previous: dict[str, Any]) -> dict[str, Any]:
     dep_status = (obs.deployment or {}).get("status") or {}
-    return {
+    status = {
         "observedGeneration": obs.generation,
         "conditions": conditions.derive_conditions(obs, previous.get("conditions") or [], _now()),
         "replicas": int(dep_status.get("replicas") or 0),
@@ -121,6 +129,11 @@ def status_from(obs: conditions.Observed, owner: Owner, previous: dict[str, Any]
         "updatedReplicas": int(dep_status.get("updatedReplicas") or 0),
         "endpoint": endpoint(owner),
     }
+    if obs.build is not None:
+        status["build"] = obs.build
+    elif previous.get("build") and obs.invalid:
+        status["build"] = previous["build"]  # an invalid spec says nothing new about the last build
+    return status
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -153,10 +166,15 @@ def _accepted(body: dict[str, Any], generation: int) -> bool:
 def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
     owner = Owner.of(body)
     generation = int(body["metadata"].get("generation") or 0)
-    invalid, applied = None, None
+    invalid, applied, build = None, None, None
     try:
         spec = parse_spec(body.get("spec"))
-        applied = converge(kube, owner, render_children(owner, spec), validate=not _accepted(body, generation))
+        if spec.build is not None:
+            build = ensure_build(kube, owner, spec)
+        # A spec with a build rolls out only once its build passed; until then the current pods keep serving.
+        if build is None or build.passed:
+            applied = converge(kube, owner, render_children(owner, spec, build.hash if build else None),
+                               validate=not _accepted(body, generation))
     except InvalidSpec as err:
         invalid = str(err)
     except ApiException as err:
@@ -165,7 +183,7 @@ def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
         # The API server refused a child (dry run): the spec asks for something it cannot be.
         invalid = f"the API server rejected the rendered children: {error_message(err)}"
     previous_status = body.get("status") or {}
-    obs = observe(kube, owner, generation, body.get("spec"), invalid, known=applied)
+    obs = observe(kube, owner, generation, body.get("spec"), invalid, known=applied, build=build)
     status = status_from(obs, owner, previous_status)
     write_status(kube, body, status, emit)
     return Outcome(status=status, invalid=invalid is not None)
@@ -178,6 +196,9 @@ def refresh_status(kube: Kube, body: dict[str, Any], emit: EventSink) -> dict[st
     ready = conditions.find(previous.get("conditions"), conditions.READY)
     if ready.get("reason") == conditions.INVALID_SPEC and ready.get("observedGeneration") == generation:
         return reconcile(kube, body, emit).status  # re-check the verdict; it writes nothing if still invalid
+    if (body.get("spec") or {}).get("build"):
+        # A finished build Job is what releases the rollout, so a build's children converge, not just report.
+        return reconcile(kube, body, emit).status
     owner = Owner.of(body)
     status = status_from(observe(kube, owner, generation, body.get("spec")), owner, previous)
     write_status(kube, body, status, emit)

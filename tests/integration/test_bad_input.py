@@ -17,6 +17,17 @@ def bad_ns(kubectl):
     yield "t-bad-input"
     kubectl.run("delete", "namespace", "t-bad-input", "--wait=false", check=False)
 
+BUILD = {"source": {"uri": "pvc://store/src"}, "artifacts": {"uri": "pvc://store/artifacts"}}
+
+
+def build(**changes):
+    """A build section that is valid except for `changes` (merged one level deep)."""
+    out = {k: dict(v) for k, v in BUILD.items()}
+    for key, value in changes.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and key in out else value
+    return out
+
+
 # (case id, spec overrides, text the API server's refusal must contain: the field, then the problem)
 CASES = [
     ("model-missing", {"model": None}, "spec.model: Required value"),
@@ -51,6 +62,22 @@ CASES = [
     ("metric-enum", {"autoscaling": {"maxReplicas": 4, "metric": "qps"}},
      'spec.autoscaling.metric: Unsupported value: "qps"'),
     ("unknown-field", {"replica": 3}, 'unknown field "spec.replica"'),
+    # Credentials never travel in a URI (status and Events show URIs); they belong in a Secret.
+    ("credentials-in-uri", {"model": {"uri": "s3://AKIAEXAMPLE:s3cr3t@bucket/ranker"}},
+     "spec.model.uri: Invalid value"),
+    ("uri-and-build", {"build": BUILD}, "set exactly one of model.uri (a ready model) and build"),
+    ("build-source-s3", {"build": build(source={"uri": "s3://bucket/src"})},
+     "build.source.uri must be pvc://CLAIM/PATH or an absolute path"),
+    ("build-same-data", {"build": build(source={"evaluationData": "calibration.npz"})},
+     "calibrationData and evaluationData must be different files"),
+    ("build-pytorch-needs-factory", {"build": build(source={"format": "pytorch"})},
+     "format pytorch needs factory"),
+    ("build-batch-over-max", {"build": build(batchSizes=[1, 128])},
+     "build.batchSizes must be <= model.maxBatchSize"),
+    ("build-candidate-enum", {"build": build(candidates=["int4"])}, 'Unsupported value: "int4"'),
+    ("build-gate-bound", {"build": build(gates={"minCosine": 2})}, "spec.build.gates.minCosine: Invalid value"),
+    ("artifacts-credentials-in-uri", {"build": build(artifacts={"uri": "s3://key:secret@bucket/a"})},
+     "spec.build.artifacts.uri: Invalid value"),
 ]
 
 

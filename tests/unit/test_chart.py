@@ -392,7 +392,7 @@ def test_rendering_validates_against_kubernetes_1_34(helm, name):
             assert kubernetes_validate.validate(doc, KUBE_VERSION, strict=True) == "1.34"
             validated += 1
         except kubernetes_validate.ValidationError as e:
-            errors.append(f"{kn}: {'.'.join(map(str, e.caught.path))}: {e.message}")
+            errors.append(f"{kn}: {'.'.join(map(str, e.path))}: {e.message}")
         except kubernetes_validate.SchemaNotFoundError as e:
             errors.append(f"{kn}: {e.message}")
     assert not errors, "\n".join(errors)

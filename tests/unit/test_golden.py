@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peakserve.render import render_children
+from peakserve.render import render_all
 from peakserve.render.owner import Owner
 from peakserve.validation import parse_spec
 from peakserve.yamlio import dump_all
@@ -32,7 +32,7 @@ def render_file(path: Path) -> str:
     body = yaml.safe_load(path.read_text())
     body["metadata"]["namespace"] = "default"
     body["metadata"]["uid"] = UID
-    return dump_all(render_children(Owner.of(body), parse_spec(body["spec"])))
+    return dump_all(render_all(Owner.of(body), parse_spec(body["spec"])))
 
 
 def test_there_are_golden_inputs():

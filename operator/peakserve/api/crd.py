@@ -25,8 +25,7 @@ def _default_for(default: Any) -> Any:
         # Spelled out in full, not {}: the API server checks CEL rules against defaults too.
         return default.model_dump(mode="json", by_alias=True, exclude_none=True)
     if isinstance(default, list):
-        return [d.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(d, BaseModel) else d
-                for d in default]
+        return [_default_for(d) for d in default]
     if hasattr(default, "value"):  # Enum
         return default.value
     return default
@@ -74,6 +73,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node["x-kubernetes-preserve-unknown-fields"] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        # JSON Schema 2020 (pydantic) writes the bound in exclusiveMinimum; OpenAPI v3 wants a flag.
+        if isinstance(node.get(exclusive), (int, float)) and not isinstance(node[exclusive], bool):
+            node[bound], node[exclusive] = node[exclusive], True
     literal = {"default", "enum", "required", "x-kubernetes-validations", "x-kubernetes-list-map-keys"}
     out = {}
     for key, value in node.items():

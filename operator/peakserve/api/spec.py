@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 DEFAULT_S3_FETCH_IMAGE = "amazon/aws-cli:2.31.18"
+DEFAULT_BUILDER_IMAGE = "ghcr.io/peakserve/peakserve-model-builder:0.1.0"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 # Flags peakserve sets itself; overriding them through extraArgs would break probes or ports.
@@ -71,6 +72,8 @@ class DataType(str, Enum):
 
 
 NAME_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
+# Userinfo (user:secret@) is refused: credentials belong in a Secret, never in a URI that status shows.
+URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^@?#]*)?|s3://[^/@?#]+(/[^@?#]*)?|/[^@?#]*)$"
 
 
 class Tensor(Spec):
@@ -95,12 +98,15 @@ class ModelSpec(Spec):
                       description="Model name inside Triton; clients call /v2/models/<name>/infer.")
     version: int = Field(default=1, ge=1, le=1_000_000,
                          description="Model version directory the files are served as.")
-    uri: str = Field(
-        min_length=1, max_length=1024, pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[^/]+(/.*)?|/.*)$",
+    uri: str | None = Field(
+        default=None, min_length=1, max_length=1024, pattern=URI_PATTERN,
         description="Where the model version's files are: pvc://CLAIM/PATH, s3://BUCKET/PREFIX, "
-                    "or an absolute node-local path for development.")
+                    "or an absolute node-local path for development. Leave it out when spec.build is set: "
+                    "peakserve then serves the artifact the build produced.")
     format: ModelFormat = Field(default=ModelFormat.onnx, description="File format of the model.")
-    precision: Precision = Field(default=Precision.fp32, description="Numeric precision being served.")
+    precision: Precision = Field(default=Precision.fp32,
+                                 description="Numeric precision being served. With spec.build the build "
+                                             "chooses it; see status.build.precision.")
     max_batch_size: int = Field(default=64, ge=0, le=65536,
                                 description="Largest batch Triton forms; 0 disables batching.")
     inputs: list[Tensor] = Field(min_length=1, max_length=64, description="Input tensors.")
@@ -109,6 +115,131 @@ class ModelSpec(Spec):
         default=None, max_length=253,
         description="Secret whose keys become environment variables of the model fetcher "
                     "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) for s3:// URIs.")
+
+
+class SourceFormat(str, Enum):
+    torchscript = "torchscript"
+    pytorch = "pytorch"
+    onnx = "onnx"
+
+
+class BuildSource(Spec):
+    """The model to build from, and the data its gates are measured on. Paths are relative to uri."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.format != 'pytorch' || has(self.factory)", "format pytorch needs factory (module.py:function)",
+         ".factory"),
+        ("!self.uri.startsWith('s3://')", "build.source.uri must be pvc://CLAIM/PATH or an absolute path",
+         ".uri"),
+        ("self.calibrationData != self.evaluationData",
+         "calibrationData and evaluationData must be different files (the gate needs held-out data)",
+         ".evaluationData"),
+    ))
+
+    uri: str = Field(min_length=1, max_length=1024, pattern=URI_PATTERN,
+                     description="Directory holding the model and its data: pvc://CLAIM/PATH, "
+                                 "or an absolute path for local builds.")
+    format: SourceFormat = Field(default=SourceFormat.torchscript,
+                                 description="torchscript (a scripted/traced .pt), pytorch (a module factory "
+                                             "plus a state dict) or onnx (an fp32 .onnx).")
+    file: str = Field(default="model.pt", min_length=1, max_length=253, pattern=r"^[^/][^@?#]*$",
+                      description="Model file: the TorchScript archive, the state dict, or the .onnx file.")
+    factory: str | None = Field(default=None, max_length=253, pattern=r"^[^/][^:]*\.py:[A-Za-z_][A-Za-z0-9_]*$",
+                                description="For format pytorch: FILE.py:FUNCTION returning the torch.nn.Module "
+                                            "the state dict loads into.")
+    calibration_data: str = Field(default="calibration.npz", max_length=253, pattern=r"^[^/][^@?#]*\.npz$",
+                                  description="Calibration inputs (.npz, one array per input tensor) for static "
+                                              "int8. Never replaced by random data.")
+    evaluation_data: str = Field(default="evaluation.npz", max_length=253, pattern=r"^[^/][^@?#]*\.npz$",
+                                 description="Held-out inputs for the accuracy gate, disjoint from the calibration "
+                                             "set; rankers add a `label` array (0/1 clicks).")
+
+
+class Task(str, Enum):
+    ranker = "ranker"
+    embedding = "embedding"
+    generic = "generic"
+
+
+class Candidate(str, Enum):
+    int8Dynamic = "int8Dynamic"
+    int8Static = "int8Static"
+    fp16 = "fp16"
+
+
+class Gates(Spec):
+    """Thresholds a candidate must meet against the fp32 reference on the evaluation set."""
+
+    export_tolerance: float = Field(default=1e-4, gt=0, le=1,
+                                    description="Largest |torch - ONNX fp32| allowed for the export itself.")
+    max_abs_diff: float = Field(default=0.05, gt=0, description="Largest |candidate - fp32| over all outputs.")
+    p99_abs_diff: float = Field(default=0.02, gt=0, description="99th percentile of |candidate - fp32|.")
+    min_cosine: float = Field(default=0.99, ge=-1, le=1,
+                              description="embedding: smallest cosine similarity of an output row to fp32.")
+    k: int = Field(default=10, ge=1, le=1000, description="k for recall@k and top-k agreement.")
+    min_recall_at_k: float = Field(default=0.9, ge=0, le=1,
+                                   description="embedding: mean overlap of each query's k nearest neighbours "
+                                               "(candidate vs fp32).")
+    max_auc_drop: float = Field(default=0.005, ge=0, le=1, description="ranker: largest AUC loss vs fp32.")
+    max_logloss_increase: float = Field(default=0.01, ge=0, description="ranker: largest logloss gain vs fp32.")
+    min_top_k_agreement: float = Field(default=0.9, ge=0, le=1,
+                                       description="ranker: overlap of the k best-scored items, candidate vs fp32.")
+    min_speedup: float = Field(default=1.1, gt=0, le=1000,
+                               description="Speed gate: geometric mean over the batch sizes of the candidate's "
+                                           "throughput / fp32 throughput, measured side by side in one run.")
+    min_batch_speedup: float = Field(default=0.9, gt=0, le=1000,
+                                     description="Speed gate: no batch size may fall below this fraction of "
+                                                 "fp32 throughput.")
+
+
+class ArtifactStore(Spec):
+    """Where built Triton model repositories are published, one directory per build hash."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.credentialsSecret) || self.uri.startsWith('s3://')",
+         "credentialsSecret applies only to s3:// URIs", ".credentialsSecret"),
+    ))
+
+    uri: str = Field(min_length=1, max_length=1024, pattern=URI_PATTERN,
+                     description="pvc://CLAIM/PREFIX (writable by the build Job and readable by Triton), "
+                                 "s3://BUCKET/PREFIX, or an absolute path for local builds.")
+    credentials_secret: str | None = Field(
+        default=None, max_length=253,
+        description="Secret whose keys become environment variables of the uploader and the fetcher "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).")
+
+
+class BuildSpec(Spec):
+    """Build the served model: torch -> ONNX -> int8/fp16 candidates, gated on accuracy and speed.
+    The Triton Deployment moves to a new artifact only after its build passed."""
+
+    source: BuildSource = Field(description="The model and data to build from.")
+    task: Task = Field(default=Task.generic,
+                       description="Selects the accuracy metrics: ranker (AUC, logloss, top-k), embedding "
+                                   "(cosine, recall@k) or generic (output differences only).")
+    candidates: list[Candidate] = Field(
+        default_factory=lambda: [Candidate.int8Dynamic, Candidate.int8Static, Candidate.fp16],
+        max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Optimizations to try. fp16 is tried only for GPU serving on a GPU build.")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=list, max_length=8,
+        description="Batch sizes of the speed gate; each must be <= model.maxBatchSize. "
+                    "Empty: 1, 32 and model.maxBatchSize.")
+    gates: Gates = Field(default_factory=Gates, description="Accuracy and speed thresholds.")
+    allow_fp32_fallback: bool = Field(
+        default=True, description="When no candidate passes, serve fp32. false: fail the build instead, "
+                                  "and keep serving the previous artifact.")
+    artifacts: ArtifactStore = Field(description="Where the built model repository is published.")
+    image: str = Field(default=DEFAULT_BUILDER_IMAGE, min_length=1, max_length=512,
+                       description="Model builder image (images/model-builder).")
+    gpus: int = Field(default=0, ge=0, le=8,
+                      description="GPUs for the build Job; fp16 and GPU speed figures need one.")
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(requests={"cpu": "4", "memory": "8Gi"},
+                                                     limits={"memory": "8Gi"}),
+        description="CPU and memory of the build Job.")
+    timeout_seconds: int = Field(default=3600, ge=60, le=86400,
+                                 description="The build Job's activeDeadlineSeconds.")
 
 
 class InstanceKind(str, Enum):
@@ -294,11 +425,28 @@ class AutoscalingSpec(Spec):
 class ModelDeploymentSpec(Spec):
     """A model served by Triton Inference Server on GPU nodes."""
 
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.model.uri) != has(self.build)",
+         "set exactly one of model.uri (a ready model) and build (peakserve builds it)", ".model"),
+        ("!has(self.build) || self.model.format == 'onnx'",
+         "a build produces ONNX: model.format must be onnx", ".model.format"),
+        ("!has(self.build) || self.build.batchSizes.all(b, b <= self.model.maxBatchSize)",
+         "build.batchSizes must be <= model.maxBatchSize", ".build.batchSizes"),
+    ))
+
     model: ModelSpec = Field(description="The model to serve.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="How Triton runs.")
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set.")
     autoscaling: AutoscalingSpec | None = Field(default=None,
                                                 description="Scale on Triton load metrics instead of a fixed count.")
+    build: BuildSpec | None = Field(default=None,
+                                    description="Build and gate the served model before any rollout.")
+
+    def build_batch_sizes(self) -> list[int]:
+        """The speed gate's batch sizes: as given, or 1, 32 and the largest batch Triton will form."""
+        largest = max(self.model.max_batch_size, 1)
+        sizes = (self.build.batch_sizes if self.build else []) or [1, 32, largest]
+        return sorted({min(size, largest) for size in sizes})
 
 
 class Condition(Spec):
@@ -320,6 +468,24 @@ class Endpoint(Spec):
     grpc: str = Field(description="KServe v2 gRPC address.")
 
 
+class BuildStatus(Spec):
+    """The build of the current spec, and the build that is serving."""
+
+    hash: str = Field(description="Content hash of the model and build spec; the build Job is named after it.")
+    job: str | None = Field(default=None, description="The build Job.")
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = Field(description="Where the build is.")
+    reason: str | None = Field(default=None, description="Why it ended that way, one CamelCase word.")
+    message: str | None = Field(default=None, description="What happened, for people.")
+    precision: str | None = Field(default=None, description="Precision chosen by the gates.")
+    candidate: str | None = Field(default=None, description="Chosen candidate (fp32, int8Dynamic, int8Static, fp16).")
+    artifact: str | None = Field(default=None, description="Published model repository (credentials removed).")
+    digest: str | None = Field(default=None, description="sha256 of the served model.onnx.")
+    figures: dict[str, float] = Field(default_factory=dict,
+                                      description="Gate figures of the chosen candidate (speedup, maxAbsDiff, ...).")
+    rejected: dict[str, str] = Field(default_factory=dict, description="Why each other candidate was not chosen.")
+    serving_hash: str | None = Field(default=None, description="The build hash the Triton pods run now.")
+
+
 class ModelDeploymentStatus(Spec):
     """What peakserve observed, written by the operator only."""
 
@@ -327,8 +493,9 @@ class ModelDeploymentStatus(Spec):
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, Progressing and Degraded.")
+        description="Ready, Progressing, Degraded and, with spec.build, BuildSucceeded.")
     replicas: int | None = Field(default=None, description="Triton pods that exist.")
     ready_replicas: int | None = Field(default=None, description="Triton pods that are ready to serve.")
     updated_replicas: int | None = Field(default=None, description="Pods already on the current spec.")
     endpoint: Endpoint | None = Field(default=None, description="In-cluster serving endpoint.")
+    build: BuildStatus | None = Field(default=None, description="The model build, when spec.build is set.")

@@ -1,4 +1,4 @@
-"""`peakserve dev up|down|status|env`."""
+"""`peakserve dev up|down|status|env|builds`."""
 
 from __future__ import annotations
 
@@ -24,4 +24,23 @@ def main(args: argparse.Namespace) -> int:
         tools = ensure_tools(lambda m: print(m, file=sys.stderr))
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         print(f"export PATH={tools['kubectl'].parent}:$PATH")
+    elif args.action == "builds":
+        return _run_builds(cluster)
+    return 0
+
+
+def _run_builds(cluster: DevCluster) -> int:
+    """Foreground local build executor (make demo runs it in the background)."""
+    import logging
+    import threading
+
+    from ..kube import Kube
+    from .build_runner import run_builds
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    try:
+        run_builds(Kube.from_kubeconfig(cluster.kubeconfig), stop)
+    except KeyboardInterrupt:
+        stop.set()
     return 0

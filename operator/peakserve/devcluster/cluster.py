@@ -22,9 +22,11 @@ from typing import Callable
 
 from . import build
 from .certs import make_pki
+from .kwok_stages import kwok_config
 from .nodes import DEFAULT_NODES, KWOK_ANNOTATION, GpuNode, node_manifest
 
 ADMIN_TOKEN_FILE = "admin.token"
+DEMO_PROCESSES = ("operator", "builds")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
@@ -99,11 +101,13 @@ class DevCluster:
 
     def down(self, quiet: bool = False) -> None:
         pids = self._state().get("pids", {})
-        operator_pid = self.dir / "operator.pid"  # written by `make demo` for its background operator
-        if operator_pid.exists():
-            pids = {"operator": int(operator_pid.read_text().strip()), **pids}
-            operator_pid.unlink()
-        for name in ("operator", *reversed(COMPONENTS)):
+        # `make demo` runs the operator and the build runner in the background and records their pids.
+        for extra in DEMO_PROCESSES:
+            pid_file = self.dir / f"{extra}.pid"
+            if pid_file.exists():
+                pids = {extra: int(pid_file.read_text().strip()), **pids}
+                pid_file.unlink()
+        for name in (*DEMO_PROCESSES, *reversed(COMPONENTS)):
             pid = pids.get(name)
             if pid and _alive(pid):
                 try:
@@ -175,8 +179,7 @@ class DevCluster:
 
     def _write_kubeconfig(self, port: int, token: str, pki: Path) -> None:
         ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
-        (self.dir / "kwok.yaml").write_text("apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\n"
-                                            "options: {}\n")
+        (self.dir / "kwok.yaml").write_text(kwok_config())
         self.kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "peakserve-dev",
             "clusters": [{"name": "peakserve-dev", "cluster": {

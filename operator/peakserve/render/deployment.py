@@ -16,11 +16,11 @@ TRITON_UID = 1000  # the triton-server user of the NGC Triton images
 PROBE_PERIOD = 10
 
 
-def _gpu_toleration() -> dict[str, Any]:
+def gpu_toleration() -> dict[str, Any]:
     return {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     """Fresh each call: rendered manifests must never share (and so co-mutate) nested objects."""
     return {
         "allowPrivilegeEscalation": False,
@@ -54,7 +54,7 @@ def _model_source(spec: ModelDeploymentSpec) -> tuple[list[dict], list[dict], li
             "command": ["aws", "s3", "cp", "--recursive", "--only-show-errors", model.uri, target],
             "env": [{"name": "HOME", "value": "/tmp"}],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-            "securityContext": _container_security(),
+            "securityContext": container_security(),
             "volumeMounts": [{"name": "models", "mountPath": MODEL_ROOT}, {"name": "tmp", "mountPath": "/tmp"}],
         }
         if model.credentials_secret:
@@ -110,7 +110,7 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
         # Live stays true while Triton loads models, so a long load never triggers a restart.
         "livenessProbe": _probe("/v2/health/live", PROBE_PERIOD, 3),
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_ROOT},
             *source_mounts,
@@ -122,7 +122,7 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
     node_selector = dict(serving.node_selector)
     if serving.gpu_product:
         node_selector[GPU_PRODUCT_LABEL] = serving.gpu_product
-    tolerations = [_gpu_toleration()] if serving.gpus > 0 else []
+    tolerations = [gpu_toleration()] if serving.gpus > 0 else []
     tolerations += [t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations]
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # Triton never talks to the API server
@@ -152,7 +152,8 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
     return pod
 
 
-def render_deployment(owner: Owner, spec: ModelDeploymentSpec, config_hash: str) -> dict[str, Any]:
+def render_deployment(owner: Owner, spec: ModelDeploymentSpec, config_hash: str,
+                      build_hash: str | None = None) -> dict[str, Any]:
     child = names.child_name(owner.name)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": names.selector_labels(owner.name)},
@@ -165,7 +166,8 @@ def render_deployment(owner: Owner, spec: ModelDeploymentSpec, config_hash: str)
         "template": {
             "metadata": {"labels": names.common_labels(owner.name),
                          "annotations": {names.ANNOTATION_MD: owner.name,
-                                         names.ANNOTATION_CONFIG_HASH: config_hash}},
+                                         names.ANNOTATION_CONFIG_HASH: config_hash,
+                                         **({names.ANNOTATION_BUILD_HASH: build_hash} if build_hash else {})}},
             "spec": _pod_spec(owner, spec),
         },
     }

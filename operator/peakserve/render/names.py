@@ -16,6 +16,10 @@ HASH_LEN = 8
 LABEL_MD = "peakserve.io/model-deployment"
 ANNOTATION_MD = "peakserve.io/model-deployment"
 ANNOTATION_CONFIG_HASH = "peakserve.io/triton-config-hash"
+ANNOTATION_BUILD_HASH = "peakserve.io/build-hash"
+ANNOTATION_BUILD_RESULT = "peakserve.io/build-result"
+LABEL_BUILD_HASH = "peakserve.io/build-hash"
+BUILD_COMPONENT = "model-build"
 MANAGER = "peakserve"
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -36,6 +40,24 @@ def child_name(md_name: str, reserve: int = 0) -> str:
 
 def config_map_name(md_name: str) -> str:
     return child_name(md_name, reserve=len("-triton-config")) + "-triton-config"
+
+
+def build_job_name(md_name: str, build_hash: str) -> str:
+    """One Job per (ModelDeployment, build hash): the name itself makes the build idempotent."""
+    suffix = f"-build-{build_hash}"
+    return child_name(md_name, reserve=len(suffix)) + suffix
+
+
+def build_labels(md_name: str, build_hash: str) -> dict[str, str]:
+    """Labels of a build Job and its pod. Deliberately without the serving selector label, so the
+    Triton Service never routes to a build pod and pod listings for serving never see one."""
+    return {
+        "app.kubernetes.io/name": "peakserve-model-builder",
+        "app.kubernetes.io/instance": child_name(md_name),
+        "app.kubernetes.io/component": BUILD_COMPONENT,
+        "app.kubernetes.io/managed-by": MANAGER,
+        LABEL_BUILD_HASH: build_hash,
+    }
 
 
 def selector_labels(md_name: str) -> dict[str, str]:

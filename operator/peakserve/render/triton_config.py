@@ -18,6 +18,21 @@ def _tensor(t: Tensor) -> str:
     return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.data_type}\n    dims: [ {dims} ]\n  }}'
 
 
+def _warmup(spec: ModelDeploymentSpec) -> str | None:
+    """One zero-filled warmup request: Triton then reports the model ready only once it is warm.
+
+    Warmup needs concrete shapes, so a model with a variable (-1) input dimension gets none.
+    """
+    inputs = spec.model.inputs
+    if any(d < 1 for t in inputs for d in t.dims) or any(t.data_type == "STRING" for t in inputs):
+        return None
+    entries = "\n".join(
+        f'    inputs {{ key: "{t.name}" value: {{ data_type: TYPE_{t.data_type} '
+        f'dims: [ {", ".join(map(str, t.dims))} ] zero_data: true }} }}' for t in inputs)
+    batch = 1 if spec.model.max_batch_size > 0 else 0
+    return f'model_warmup [\n  {{\n    name: "zero"\n    batch_size: {batch}\n{entries}\n  }}\n]'
+
+
 def render_config_pbtxt(spec: ModelDeploymentSpec) -> str:
     model, serving = spec.model, spec.serving
     lines = [
@@ -37,6 +52,9 @@ def render_config_pbtxt(spec: ModelDeploymentSpec) -> str:
             preferred = f" preferred_batch_size: [ {', '.join(map(str, batching.preferred_batch_sizes))} ]"
         lines.append(f"dynamic_batching {{{preferred} max_queue_delay_microseconds: "
                      f"{batching.max_queue_delay_microseconds} }}")
+    warmup = _warmup(spec)
+    if warmup:
+        lines.append(warmup)
     return "\n".join(lines) + "\n"
 
 
