@@ -50,12 +50,17 @@ dev-up: tools ## start the local control plane with simulated GPU nodes and inst
 dev-down: install ## stop the local control plane (and the demo operator)
 	$(PEAKSERVE) dev down
 
-demo: tools ## control plane + operator + examples/ranker.yaml, then show objects and status
+demo: tools ## control plane + operator + build runner; build the sample ranker, roll it out, send a real request
 	bash scripts/demo.sh
 
 bench: tools ## reconcile benchmark: benchmarks/results/reconcile.{json,png} (figures go into BENCHMARKS.md)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/bench_reconcile.py
+
+.PHONY: bench-build
+bench-build: tools samples ## model build benchmark: fp32 vs int8 on CPU, Triton batching: benchmarks/results/build.{json,png}
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) benchmarks/bench_build.py
 
 .PHONY: samples
 samples: install model_repo/ranker/inputs/train_report.json model_repo/encoder/inputs/train_report.json ## train the two sample models into model_repo/*/inputs (deterministic, < 1 min)

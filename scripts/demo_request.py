@@ -46,13 +46,13 @@ def main() -> int:
             http = infer_http(server.http_url, model_dir.name, inputs, outputs)
             grpc = infer_grpc(server.grpc_url, model_dir.name, inputs, outputs)
             for name in outputs:
-                print(f"{name} over HTTP: {np.round(http[name].ravel(), 4).tolist()}")
-                print(f"{name} over gRPC: {np.round(grpc[name].ravel(), 4).tolist()}")
+                print(f"{name} over HTTP: {[f'{v:.4f}' for v in http[name].ravel()]}")
+                print(f"{name} over gRPC: {[f'{v:.4f}' for v in grpc[name].ravel()]}")
                 gap = float(np.max(np.abs(http[name] - direct[name])))
                 print(f"max |served - onnxruntime on the same model.onnx| = {gap:.2e}")
             metrics = parse_metrics(scrape_metrics(server.metrics_url))
             served = sum(metric_values(metrics, "nv_inference_request_success", model=model_dir.name))
-            print(f"nv_inference_request_success{{model=\"{model_dir.name}\"}} = {served:.0f} (2 requests + 1 warmup)")
+            print(f"nv_inference_request_success{{model=\"{model_dir.name}\"}} = {served:.0f} (2 requests + one warmup per model instance)")
     return 0
 
 

@@ -230,6 +230,8 @@ def transitions(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -
 
 def event_type(condition: dict[str, Any]) -> str:
     good = (condition["type"] == DEGRADED) == (condition["status"] == "False")
+    if condition["type"] == READY and condition["reason"] == BUILDING:
+        good = True  # waiting for a build is the normal first step, not a problem
     if condition["type"] == PROGRESSING:
         good = condition["reason"] not in (PROGRESS_DEADLINE, INVALID_SPEC, BUILD_FAILED)
     if condition["type"] == BUILD_SUCCEEDED:

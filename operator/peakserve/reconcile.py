@@ -119,7 +119,8 @@ def observe(kube: Kube, owner: Owner, generation: int, spec_raw: dict[str, Any] 
         build=build.status(_serving_hash(deployment)) if build else None)
 
 
-def status_from(obs: conditions.Observed, owner: Owner, previous: dict[str, Any]) -> dict[str, Any]:
+def status_from(obs: conditions.Observed, owner: Owner, previous: dict[str, Any],
+                spec_raw: dict[str, Any] | None = None) -> dict[str, Any]:
     dep_status = (obs.deployment or {}).get("status") or {}
     status = {
         "observedGeneration": obs.generation,
@@ -133,7 +134,21 @@ def status_from(obs: conditions.Observed, owner: Owner, previous: dict[str, Any]
         status["build"] = obs.build
     elif previous.get("build") and obs.invalid:
         status["build"] = previous["build"]  # an invalid spec says nothing new about the last build
+    precision = _served_precision(obs, spec_raw, previous)
+    if precision:
+        status["precision"] = precision
     return status
+
+
+def _served_precision(obs: conditions.Observed, spec_raw: dict[str, Any] | None,
+                      previous: dict[str, Any]) -> str | None:
+    """What the pods serve: the passed build's choice (kept while a newer build runs or fails),
+    or the precision the spec declares for a ready-made model."""
+    if not (spec_raw or {}).get("build"):
+        return ((spec_raw or {}).get("model") or {}).get("precision", "fp32")
+    if obs.build and obs.build.get("phase") == "Succeeded" and obs.build.get("servingHash") == obs.build.get("hash"):
+        return obs.build.get("precision")
+    return previous.get("precision")
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -184,7 +199,7 @@ def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
         invalid = f"the API server rejected the rendered children: {error_message(err)}"
     previous_status = body.get("status") or {}
     obs = observe(kube, owner, generation, body.get("spec"), invalid, known=applied, build=build)
-    status = status_from(obs, owner, previous_status)
+    status = status_from(obs, owner, previous_status, body.get("spec"))
     write_status(kube, body, status, emit)
     return Outcome(status=status, invalid=invalid is not None)
 
@@ -200,7 +215,7 @@ def refresh_status(kube: Kube, body: dict[str, Any], emit: EventSink) -> dict[st
         # A finished build Job is what releases the rollout, so a build's children converge, not just report.
         return reconcile(kube, body, emit).status
     owner = Owner.of(body)
-    status = status_from(observe(kube, owner, generation, body.get("spec")), owner, previous)
+    status = status_from(observe(kube, owner, generation, body.get("spec")), owner, previous, body.get("spec"))
     write_status(kube, body, status, emit)
     return status
 

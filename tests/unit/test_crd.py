@@ -116,7 +116,7 @@ def test_printer_columns(version):
     assert {"Ready", "Replicas", "Precision", "Model", "Age"} <= set(columns)
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Model"]["jsonPath"] == ".spec.model.name"
-    assert columns["Precision"]["jsonPath"] == ".spec.model.precision"
+    assert columns["Precision"]["jsonPath"] == ".status.precision"
     assert columns["Age"]["type"] == "date"
     # Columns shown by default (priority 0) keep `kubectl get mdep` narrow.
     assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [

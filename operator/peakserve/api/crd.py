@@ -113,7 +113,8 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
 
 
 def schema_for(model: type[BaseModel]) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
+    # A deep copy: pydantic hands out cached pieces (json_schema_extra dicts), which must not be mutated.
+    raw = copy.deepcopy(model.model_json_schema(by_alias=True, mode="validation"))
     schema = _structural(raw, raw.get("$defs", {}))
     _apply_defaults(schema, model)
     return schema
@@ -126,7 +127,8 @@ PRINTER_COLUMNS = [
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
      "description": "Ready Triton pods"},
     {"name": "Desired", "type": "integer", "jsonPath": ".status.replicas", "priority": 1},
-    {"name": "Precision", "type": "string", "jsonPath": ".spec.model.precision"},
+    {"name": "Precision", "type": "string", "jsonPath": ".status.precision",
+     "description": "Precision being served (a build's choice)"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

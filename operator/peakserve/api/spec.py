@@ -117,131 +117,6 @@ class ModelSpec(Spec):
                     "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) for s3:// URIs.")
 
 
-class SourceFormat(str, Enum):
-    torchscript = "torchscript"
-    pytorch = "pytorch"
-    onnx = "onnx"
-
-
-class BuildSource(Spec):
-    """The model to build from, and the data its gates are measured on. Paths are relative to uri."""
-
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("self.format != 'pytorch' || has(self.factory)", "format pytorch needs factory (module.py:function)",
-         ".factory"),
-        ("!self.uri.startsWith('s3://')", "build.source.uri must be pvc://CLAIM/PATH or an absolute path",
-         ".uri"),
-        ("self.calibrationData != self.evaluationData",
-         "calibrationData and evaluationData must be different files (the gate needs held-out data)",
-         ".evaluationData"),
-    ))
-
-    uri: str = Field(min_length=1, max_length=1024, pattern=URI_PATTERN,
-                     description="Directory holding the model and its data: pvc://CLAIM/PATH, "
-                                 "or an absolute path for local builds.")
-    format: SourceFormat = Field(default=SourceFormat.torchscript,
-                                 description="torchscript (a scripted/traced .pt), pytorch (a module factory "
-                                             "plus a state dict) or onnx (an fp32 .onnx).")
-    file: str = Field(default="model.pt", min_length=1, max_length=253, pattern=r"^[^/][^@?#]*$",
-                      description="Model file: the TorchScript archive, the state dict, or the .onnx file.")
-    factory: str | None = Field(default=None, max_length=253, pattern=r"^[^/][^:]*\.py:[A-Za-z_][A-Za-z0-9_]*$",
-                                description="For format pytorch: FILE.py:FUNCTION returning the torch.nn.Module "
-                                            "the state dict loads into.")
-    calibration_data: str = Field(default="calibration.npz", max_length=253, pattern=r"^[^/][^@?#]*\.npz$",
-                                  description="Calibration inputs (.npz, one array per input tensor) for static "
-                                              "int8. Never replaced by random data.")
-    evaluation_data: str = Field(default="evaluation.npz", max_length=253, pattern=r"^[^/][^@?#]*\.npz$",
-                                 description="Held-out inputs for the accuracy gate, disjoint from the calibration "
-                                             "set; rankers add a `label` array (0/1 clicks).")
-
-
-class Task(str, Enum):
-    ranker = "ranker"
-    embedding = "embedding"
-    generic = "generic"
-
-
-class Candidate(str, Enum):
-    int8Dynamic = "int8Dynamic"
-    int8Static = "int8Static"
-    fp16 = "fp16"
-
-
-class Gates(Spec):
-    """Thresholds a candidate must meet against the fp32 reference on the evaluation set."""
-
-    export_tolerance: float = Field(default=1e-4, gt=0, le=1,
-                                    description="Largest |torch - ONNX fp32| allowed for the export itself.")
-    max_abs_diff: float = Field(default=0.05, gt=0, description="Largest |candidate - fp32| over all outputs.")
-    p99_abs_diff: float = Field(default=0.02, gt=0, description="99th percentile of |candidate - fp32|.")
-    min_cosine: float = Field(default=0.99, ge=-1, le=1,
-                              description="embedding: smallest cosine similarity of an output row to fp32.")
-    k: int = Field(default=10, ge=1, le=1000, description="k for recall@k and top-k agreement.")
-    min_recall_at_k: float = Field(default=0.9, ge=0, le=1,
-                                   description="embedding: mean overlap of each query's k nearest neighbours "
-                                               "(candidate vs fp32).")
-    max_auc_drop: float = Field(default=0.005, ge=0, le=1, description="ranker: largest AUC loss vs fp32.")
-    max_logloss_increase: float = Field(default=0.01, ge=0, description="ranker: largest logloss gain vs fp32.")
-    min_top_k_agreement: float = Field(default=0.9, ge=0, le=1,
-                                       description="ranker: overlap of the k best-scored items, candidate vs fp32.")
-    min_speedup: float = Field(default=1.1, gt=0, le=1000,
-                               description="Speed gate: geometric mean over the batch sizes of the candidate's "
-                                           "throughput / fp32 throughput, measured side by side in one run.")
-    min_batch_speedup: float = Field(default=0.9, gt=0, le=1000,
-                                     description="Speed gate: no batch size may fall below this fraction of "
-                                                 "fp32 throughput.")
-
-
-class ArtifactStore(Spec):
-    """Where built Triton model repositories are published, one directory per build hash."""
-
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("!has(self.credentialsSecret) || self.uri.startsWith('s3://')",
-         "credentialsSecret applies only to s3:// URIs", ".credentialsSecret"),
-    ))
-
-    uri: str = Field(min_length=1, max_length=1024, pattern=URI_PATTERN,
-                     description="pvc://CLAIM/PREFIX (writable by the build Job and readable by Triton), "
-                                 "s3://BUCKET/PREFIX, or an absolute path for local builds.")
-    credentials_secret: str | None = Field(
-        default=None, max_length=253,
-        description="Secret whose keys become environment variables of the uploader and the fetcher "
-                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).")
-
-
-class BuildSpec(Spec):
-    """Build the served model: torch -> ONNX -> int8/fp16 candidates, gated on accuracy and speed.
-    The Triton Deployment moves to a new artifact only after its build passed."""
-
-    source: BuildSource = Field(description="The model and data to build from.")
-    task: Task = Field(default=Task.generic,
-                       description="Selects the accuracy metrics: ranker (AUC, logloss, top-k), embedding "
-                                   "(cosine, recall@k) or generic (output differences only).")
-    candidates: list[Candidate] = Field(
-        default_factory=lambda: [Candidate.int8Dynamic, Candidate.int8Static, Candidate.fp16],
-        max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"},
-        description="Optimizations to try. fp16 is tried only for GPU serving on a GPU build.")
-    batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
-        default_factory=list, max_length=8,
-        description="Batch sizes of the speed gate; each must be <= model.maxBatchSize. "
-                    "Empty: 1, 32 and model.maxBatchSize.")
-    gates: Gates = Field(default_factory=Gates, description="Accuracy and speed thresholds.")
-    allow_fp32_fallback: bool = Field(
-        default=True, description="When no candidate passes, serve fp32. false: fail the build instead, "
-                                  "and keep serving the previous artifact.")
-    artifacts: ArtifactStore = Field(description="Where the built model repository is published.")
-    image: str = Field(default=DEFAULT_BUILDER_IMAGE, min_length=1, max_length=512,
-                       description="Model builder image (images/model-builder).")
-    gpus: int = Field(default=0, ge=0, le=8,
-                      description="GPUs for the build Job; fp16 and GPU speed figures need one.")
-    resources: ResourceRequirements = Field(
-        default_factory=lambda: ResourceRequirements(requests={"cpu": "4", "memory": "8Gi"},
-                                                     limits={"memory": "8Gi"}),
-        description="CPU and memory of the build Job.")
-    timeout_seconds: int = Field(default=3600, ge=60, le=86400,
-                                 description="The build Job's activeDeadlineSeconds.")
-
-
 class InstanceKind(str, Enum):
     GPU = "GPU"
     CPU = "CPU"
@@ -422,6 +297,131 @@ class AutoscalingSpec(Spec):
         description="How fast to remove replicas. Defaults: 300s stabilization, 1 pod or 10% per 60s.")
 
 
+class SourceFormat(str, Enum):
+    torchscript = "torchscript"
+    pytorch = "pytorch"
+    onnx = "onnx"
+
+
+class BuildSource(Spec):
+    """The model to build from, and the data its gates are measured on. Paths are relative to uri."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.format != 'pytorch' || has(self.factory)", "format pytorch needs factory (module.py:function)",
+         ".factory"),
+        ("!self.uri.startsWith('s3://')", "build.source.uri must be pvc://CLAIM/PATH or an absolute path",
+         ".uri"),
+        ("self.calibrationData != self.evaluationData",
+         "calibrationData and evaluationData must be different files (the gate needs held-out data)",
+         ".evaluationData"),
+    ))
+
+    uri: str = Field(min_length=1, max_length=1024, pattern=URI_PATTERN,
+                     description="Directory holding the model and its data: pvc://CLAIM/PATH, "
+                                 "or an absolute path for local builds.")
+    format: SourceFormat = Field(default=SourceFormat.torchscript,
+                                 description="torchscript (a scripted/traced .pt), pytorch (a module factory "
+                                             "plus a state dict) or onnx (an fp32 .onnx).")
+    file: str = Field(default="model.pt", min_length=1, max_length=253, pattern=r"^[^/][^@?#]*$",
+                      description="Model file: the TorchScript archive, the state dict, or the .onnx file.")
+    factory: str | None = Field(default=None, max_length=253, pattern=r"^[^/][^:]*\.py:[A-Za-z_][A-Za-z0-9_]*$",
+                                description="For format pytorch: FILE.py:FUNCTION returning the torch.nn.Module "
+                                            "the state dict loads into.")
+    calibration_data: str = Field(default="calibration.npz", max_length=253, pattern=r"^[^/][^@?#]*\.npz$",
+                                  description="Calibration inputs (.npz, one array per input tensor) for static "
+                                              "int8. Never replaced by random data.")
+    evaluation_data: str = Field(default="evaluation.npz", max_length=253, pattern=r"^[^/][^@?#]*\.npz$",
+                                 description="Held-out inputs for the accuracy gate, disjoint from the calibration "
+                                             "set; rankers add a `label` array (0/1 clicks).")
+
+
+class Task(str, Enum):
+    ranker = "ranker"
+    embedding = "embedding"
+    generic = "generic"
+
+
+class Candidate(str, Enum):
+    int8Dynamic = "int8Dynamic"
+    int8Static = "int8Static"
+    fp16 = "fp16"
+
+
+class Gates(Spec):
+    """Thresholds a candidate must meet against the fp32 reference on the evaluation set."""
+
+    export_tolerance: float = Field(default=1e-4, gt=0, le=1,
+                                    description="Largest |torch - ONNX fp32| allowed for the export itself.")
+    max_abs_diff: float = Field(default=0.05, gt=0, description="Largest |candidate - fp32| over all outputs.")
+    p99_abs_diff: float = Field(default=0.02, gt=0, description="99th percentile of |candidate - fp32|.")
+    min_cosine: float = Field(default=0.99, ge=-1, le=1,
+                              description="embedding: smallest cosine similarity of an output row to fp32.")
+    k: int = Field(default=10, ge=1, le=1000, description="k for recall@k and top-k agreement.")
+    min_recall_at_k: float = Field(default=0.9, ge=0, le=1,
+                                   description="embedding: mean overlap of each query's k nearest neighbours "
+                                               "(candidate vs fp32).")
+    max_auc_drop: float = Field(default=0.005, ge=0, le=1, description="ranker: largest AUC loss vs fp32.")
+    max_logloss_increase: float = Field(default=0.01, ge=0, description="ranker: largest logloss gain vs fp32.")
+    min_top_k_agreement: float = Field(default=0.9, ge=0, le=1,
+                                       description="ranker: overlap of the k best-scored items, candidate vs fp32.")
+    min_speedup: float = Field(default=1.1, gt=0, le=1000,
+                               description="Speed gate: geometric mean over the batch sizes of the candidate's "
+                                           "throughput / fp32 throughput, measured side by side in one run.")
+    min_batch_speedup: float = Field(default=0.9, gt=0, le=1000,
+                                     description="Speed gate: no batch size may fall below this fraction of "
+                                                 "fp32 throughput.")
+
+
+class ArtifactStore(Spec):
+    """Where built Triton model repositories are published, one directory per build hash."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!has(self.credentialsSecret) || self.uri.startsWith('s3://')",
+         "credentialsSecret applies only to s3:// URIs", ".credentialsSecret"),
+    ))
+
+    uri: str = Field(min_length=1, max_length=1024, pattern=URI_PATTERN,
+                     description="pvc://CLAIM/PREFIX (writable by the build Job and readable by Triton), "
+                                 "s3://BUCKET/PREFIX, or an absolute path for local builds.")
+    credentials_secret: str | None = Field(
+        default=None, max_length=253,
+        description="Secret whose keys become environment variables of the uploader and the fetcher "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).")
+
+
+class BuildSpec(Spec):
+    """Build the served model: torch -> ONNX -> int8/fp16 candidates, gated on accuracy and speed.
+    The Triton Deployment moves to a new artifact only after its build passed."""
+
+    source: BuildSource = Field(description="The model and data to build from.")
+    task: Task = Field(default=Task.generic,
+                       description="Selects the accuracy metrics: ranker (AUC, logloss, top-k), embedding "
+                                   "(cosine, recall@k) or generic (output differences only).")
+    candidates: list[Candidate] = Field(
+        default_factory=lambda: [Candidate.int8Dynamic, Candidate.int8Static, Candidate.fp16],
+        max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Optimizations to try. fp16 is tried only for GPU serving on a GPU build.")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=list, max_length=8,
+        description="Batch sizes of the speed gate; each must be <= model.maxBatchSize. "
+                    "Empty: 1, 32 and model.maxBatchSize.")
+    gates: Gates = Field(default_factory=Gates, description="Accuracy and speed thresholds.")
+    allow_fp32_fallback: bool = Field(
+        default=True, description="When no candidate passes, serve fp32. false: fail the build instead, "
+                                  "and keep serving the previous artifact.")
+    artifacts: ArtifactStore = Field(description="Where the built model repository is published.")
+    image: str = Field(default=DEFAULT_BUILDER_IMAGE, min_length=1, max_length=512,
+                       description="Model builder image (images/model-builder).")
+    gpus: int = Field(default=0, ge=0, le=8,
+                      description="GPUs for the build Job; fp16 and GPU speed figures need one.")
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(requests={"cpu": "4", "memory": "8Gi"},
+                                                     limits={"memory": "8Gi"}),
+        description="CPU and memory of the build Job.")
+    timeout_seconds: int = Field(default=3600, ge=60, le=86400,
+                                 description="The build Job's activeDeadlineSeconds.")
+
+
 class ModelDeploymentSpec(Spec):
     """A model served by Triton Inference Server on GPU nodes."""
 
@@ -499,3 +499,5 @@ class ModelDeploymentStatus(Spec):
     updated_replicas: int | None = Field(default=None, description="Pods already on the current spec.")
     endpoint: Endpoint | None = Field(default=None, description="In-cluster serving endpoint.")
     build: BuildStatus | None = Field(default=None, description="The model build, when spec.build is set.")
+    precision: str | None = Field(default=None, description="Precision the Triton pods serve: the passed build's "
+                                                             "choice, or spec.model.precision without a build.")
