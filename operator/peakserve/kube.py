@@ -22,6 +22,7 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "Job": "jobs",
+    "ScaledObject": "scaledobjects",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "PersistentVolume": "persistentvolumes",
     api.KIND: api.PLURAL,
@@ -120,6 +121,16 @@ class Kube:
                     subresource: str | None = None) -> dict[str, Any]:
         path = resource_path(api_version, kind, namespace, name, subresource)
         return self.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    def serves(self, group_version: str) -> bool:
+        """Whether the API server serves this group/version (discovery; no RBAC needed)."""
+        try:
+            self.call("GET", f"/apis/{group_version}")
+            return True
+        except ApiException as err:
+            if err.status in (404, 503):
+                return False
+            raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return self.merge_patch(api.API_VERSION, api.KIND, namespace, name, {"status": status}, "status")

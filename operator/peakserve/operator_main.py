@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
 import time
@@ -76,6 +77,29 @@ def _run_reconcile(body: Any) -> None:
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     metrics.RECONCILES.labels(result="invalid" if outcome.invalid else "success").inc()
     metrics.record_ready(key, _ready_of(outcome.status))
+    _wake_at(body, outcome.requeue_at)
+
+
+# One pending wake-up per ModelDeployment: the moment its promotion floor changes next.
+_WAKEUPS: dict[str, threading.Timer] = {}
+_WAKEUPS_LOCK = threading.Lock()
+
+
+def _wake_at(body: Any, moment: Any) -> None:
+    """Reconcile again exactly when the floor changes; the drift loop alone could be minutes late."""
+    key = _key(body)
+    with _WAKEUPS_LOCK:
+        old = _WAKEUPS.pop(key, None)
+        if old:
+            old.cancel()
+        if moment is None:
+            return
+        delay = max(0.0, (moment - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 0.5
+        meta = {"metadata": {"namespace": body["metadata"]["namespace"], "name": body["metadata"]["name"]}}
+        timer = threading.Timer(delay, _drift_reconcile, args=(meta,))
+        timer.daemon = True
+        _WAKEUPS[key] = timer
+        timer.start()
 
 
 @kopf.on.startup()
@@ -118,6 +142,7 @@ def forget(body: kopf.Body, **_: Any) -> None:
     # Children go with the owner through ownerReferences; only the gauge needs updating.
     metrics.record_ready(_key(body), None)
     _LOCKS.pop(_key(body), None)
+    _wake_at(body, None)
 
 
 def _refresh_owner(namespace: str, child: dict[str, Any]) -> None:

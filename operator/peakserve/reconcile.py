@@ -14,8 +14,8 @@ from typing import Any, Callable
 from . import conditions
 from .builds import BuildState, ensure_build
 from .kube import ApiException, Kube, error_message
-from .render import CHILD_KINDS, render_children
-from .render import names
+from .render import ScalingPlan, names, possible_children, render_children
+from .scaling import plan_scaling
 from .render.owner import Owner
 from .render.service import endpoint
 from .validation import InvalidSpec, parse_spec
@@ -32,6 +32,7 @@ EventSink = Callable[[dict[str, Any], str, str, str], None]
 class Outcome:
     status: dict[str, Any]
     invalid: bool = False
+    requeue_at: datetime.datetime | None = None  # a promotion floor changes then: reconcile again
 
 
 def _now() -> str:
@@ -78,13 +79,13 @@ def converge(kube: Kube, owner: Owner, children: list[dict[str, Any]], *, valida
     deployment = next(c for c in children if c["kind"] == "Deployment")
     if "replicas" not in deployment["spec"]:
         hand_replicas_to_hpa(kube, kube.get("apps/v1", "Deployment", owner.namespace, names.child_name(owner.name)))
-    applied = {child["kind"]: kube.apply(child) for child in children}
-    for kind, api_version in CHILD_KINDS.items():
-        if kind in applied:
+    applied = {(child["kind"], child["metadata"]["name"]): kube.apply(child) for child in children}
+    for api_version, kind, name in possible_children(owner.name):
+        if (kind, name) in applied:
             continue
-        stale = kube.get(api_version, kind, owner.namespace, names.child_name(owner.name))
+        stale = kube.get(api_version, kind, owner.namespace, name)
         if stale and any(ref.get("uid") == owner.uid for ref in stale["metadata"].get("ownerReferences") or []):
-            kube.delete(api_version, kind, owner.namespace, stale["metadata"]["name"])
+            kube.delete(api_version, kind, owner.namespace, name)
     return applied
 
 
@@ -99,11 +100,11 @@ def observe(kube: Kube, owner: Owner, generation: int, spec_raw: dict[str, Any] 
     """Read the children back; `known` holds objects the caller already has fresh from the API server."""
     known = known or {}
     child = names.child_name(owner.name)
-    deployment = known.get("Deployment") or kube.get("apps/v1", "Deployment", owner.namespace, child)
+    deployment = known.get(("Deployment", child)) or kube.get("apps/v1", "Deployment", owner.namespace, child)
     serving = (spec_raw or {}).get("serving") or {}
     hpa = None
     if (spec_raw or {}).get("autoscaling") and not invalid:
-        hpa = known.get("HorizontalPodAutoscaler") or kube.get(
+        hpa = known.get(("HorizontalPodAutoscaler", child)) or kube.get(
             "autoscaling/v2", "HorizontalPodAutoscaler", owner.namespace, child)
     pods: list[dict[str, Any]] = []
     dep_status = (deployment or {}).get("status") or {}
@@ -157,13 +158,23 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return strip(a) == strip(b)
 
 
+def merge_patch(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from previous to current: fields that went away are sent as null, because
+    a merge patch leaves absent fields as they were (a stale activeSchedule would stay forever)."""
+    patch: dict[str, Any] = {key: None for key in previous if key not in current}
+    for key, value in current.items():
+        old = previous.get(key)
+        patch[key] = merge_patch(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
+    return patch
+
+
 def write_status(kube: Kube, body: dict[str, Any], status: dict[str, Any], emit: EventSink) -> bool:
     """Patch status if it changed; emit one Event per condition transition. Returns whether it wrote."""
     previous = body.get("status") or {}
     if _same(previous, status):
         return False
     meta = body["metadata"]
-    kube.patch_status(meta["namespace"], meta["name"], status)
+    kube.patch_status(meta["namespace"], meta["name"], merge_patch(previous, status))
     for cond in conditions.transitions(previous.get("conditions") or [], status["conditions"]):
         text = f"{cond['type']}={cond['status']}: {cond['message']}"
         log.info("%s/%s %s (%s)", meta["namespace"], meta["name"], text, cond["reason"])
@@ -181,15 +192,16 @@ def _accepted(body: dict[str, Any], generation: int) -> bool:
 def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
     owner = Owner.of(body)
     generation = int(body["metadata"].get("generation") or 0)
-    invalid, applied, build = None, None, None
+    invalid, applied, build, scaling = None, None, None, None
     try:
         spec = parse_spec(body.get("spec"))
         if spec.build is not None:
             build = ensure_build(kube, owner, spec)
+        scaling = plan_scaling(kube, owner, spec, body.get("status") or {})
         # A spec with a build rolls out only once its build passed; until then the current pods keep serving.
         if build is None or build.passed:
-            applied = converge(kube, owner, render_children(owner, spec, build.hash if build else None),
-                               validate=not _accepted(body, generation))
+            children = render_children(owner, spec, build.hash if build else None, scaling.plan if scaling else ScalingPlan())
+            applied = converge(kube, owner, children, validate=not _accepted(body, generation))
     except InvalidSpec as err:
         invalid = str(err)
     except ApiException as err:
@@ -200,8 +212,12 @@ def reconcile(kube: Kube, body: dict[str, Any], emit: EventSink) -> Outcome:
     previous_status = body.get("status") or {}
     obs = observe(kube, owner, generation, body.get("spec"), invalid, known=applied, build=build)
     status = status_from(obs, owner, previous_status, body.get("spec"))
+    if scaling is not None:
+        status["autoscaling"] = scaling.status
+    elif previous_status.get("autoscaling") and invalid:
+        status["autoscaling"] = previous_status["autoscaling"]
     write_status(kube, body, status, emit)
-    return Outcome(status=status, invalid=invalid is not None)
+    return Outcome(status=status, invalid=invalid is not None, requeue_at=scaling.next_change if scaling else None)
 
 
 def refresh_status(kube: Kube, body: dict[str, Any], emit: EventSink) -> dict[str, Any]:
@@ -216,6 +232,8 @@ def refresh_status(kube: Kube, body: dict[str, Any], emit: EventSink) -> dict[st
         return reconcile(kube, body, emit).status
     owner = Owner.of(body)
     status = status_from(observe(kube, owner, generation, body.get("spec")), owner, previous, body.get("spec"))
+    if previous.get("autoscaling"):
+        status["autoscaling"] = previous["autoscaling"]  # the floor changes with the clock, not with children
     write_status(kube, body, status, emit)
     return status
 

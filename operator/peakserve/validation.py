@@ -7,6 +7,7 @@ from typing import Any
 import pydantic
 
 from .api.spec import ModelDeploymentSpec
+from .schedules import zone
 
 
 class InvalidSpec(ValueError):
@@ -39,6 +40,11 @@ def check_semantics(spec: ModelDeploymentSpec) -> None:
     if too_big:
         raise InvalidSpec(f"spec.serving.dynamicBatching.preferredBatchSizes {too_big} exceed "
                           f"spec.model.maxBatchSize {spec.model.max_batch_size}")
+    for schedule in spec.autoscaling.schedules if spec.autoscaling else []:
+        try:
+            zone(schedule.timezone)
+        except ValueError as err:
+            raise InvalidSpec(f"spec.autoscaling.schedules[{schedule.name}].timezone: {err}") from None
     names = [t.name for t in (*spec.model.inputs, *spec.model.outputs)]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

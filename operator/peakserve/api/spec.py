@@ -18,6 +18,9 @@ DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 DEFAULT_S3_FETCH_IMAGE = "amazon/aws-cli:2.31.18"
 DEFAULT_BUILDER_IMAGE = "ghcr.io/peakserve/peakserve-model-builder:0.1.0"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
+LOCAL_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}$"
 
 # Flags peakserve sets itself; overriding them through extraArgs would break probes or ports.
 MANAGED_TRITON_FLAGS = (
@@ -271,6 +274,34 @@ SCALE_UP = ScalingRules(stabilization_window_seconds=0, max_pods=4, max_percent=
 SCALE_DOWN = ScalingRules(stabilization_window_seconds=300, max_pods=1, max_percent=10, period_seconds=60)
 
 
+class PromotionSchedule(Spec):
+    """An announced promotion: the replica floor rises before `start` (by the lead time) and holds until `end`."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.end > self.start", "end must be after start", ".end"),
+    ))
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                      description="Name of the promotion, such as singles-day.")
+    start: str = Field(pattern=LOCAL_TIME_PATTERN, max_length=19,
+                       description="Local start time in `timezone`, YYYY-MM-DDTHH:MM:SS (no offset).")
+    end: str = Field(pattern=LOCAL_TIME_PATTERN, max_length=19, description="Local end time in `timezone`, YYYY-MM-DDTHH:MM:SS.")
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$",
+                          description="IANA time zone of start and end, such as Asia/Shanghai.")
+    min_replicas: int = Field(ge=1, le=1000, description="Replica floor from start (minus the lead time) to end.")
+
+
+class Headroom(Spec):
+    """Low-priority placeholder pods that hold warm GPUs: a cluster autoscaler keeps nodes for them, and
+    Triton pods preempt them. Needs a PriorityClass below the Triton pods' priority."""
+
+    replicas: int = Field(ge=1, le=100, description="Placeholder pods, each requesting one replica's GPUs.")
+    priority_class_name: str = Field(min_length=1, max_length=253,
+                                     description="PriorityClass of the placeholders (for example value -10).")
+    image: str = Field(default=DEFAULT_PAUSE_IMAGE, min_length=1, max_length=512,
+                       description="Placeholder container image.")
+
+
 class AutoscalingSpec(Spec):
     """Metric-driven replicas through a HorizontalPodAutoscaler. When set, spec.replicas is ignored
     and peakserve never writes the Deployment's replica count."""
@@ -279,6 +310,8 @@ class AutoscalingSpec(Spec):
         ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas"),
         ("self.metric != 'gpuUtilization' || self.target <= 100",
          "gpuUtilization target is a percentage (1-100)", ".target"),
+        ("self.schedules.all(s, s.minReplicas <= self.maxReplicas)",
+         "a schedule's minReplicas must be <= maxReplicas", ".schedules"),
     ))
 
     min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
@@ -295,6 +328,22 @@ class AutoscalingSpec(Spec):
     scale_down: ScalingRules = Field(
         default_factory=ScalingRules,
         description="How fast to remove replicas. Defaults: 300s stabilization, 1 pod or 10% per 60s.")
+    engine: Literal["auto", "hpa", "keda"] = Field(
+        default="auto",
+        description="hpa: an autoscaling/v2 HPA on metrics a prometheus-adapter serves; keda: a KEDA ScaledObject "
+                    "with Prometheus and cron triggers; auto: keda when the cluster serves ScaledObjects.")
+    prometheus_address: str = Field(default=DEFAULT_PROMETHEUS, min_length=1, max_length=512,
+                                    pattern=r"^https?://[^@?#\s]+$",
+                                    description="Prometheus that KEDA's triggers query (engine keda).")
+    schedules: list[PromotionSchedule] = Field(
+        default_factory=list, max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Announced promotions: the replica floor rises lead time before each start.")
+    lead_time_seconds: int | None = Field(
+        default=None, ge=0, le=86400,
+        description="How long before a schedule's start the floor rises. Default: the measured pod start and "
+                    "model load time plus the metric pipeline delay (600 s until a start was measured).")
+    headroom: Headroom | None = Field(default=None, description="Warm GPU placeholders, preempted by Triton pods.")
 
 
 class SourceFormat(str, Enum):
@@ -486,6 +535,20 @@ class BuildStatus(Spec):
     serving_hash: str | None = Field(default=None, description="The build hash the Triton pods run now.")
 
 
+class AutoscalingStatus(Spec):
+    """The replica floor the operator set, and why."""
+
+    engine: str | None = Field(default=None, description="hpa or keda.")
+    floor: int | None = Field(default=None, description="The minReplicas in force now.")
+    active_schedule: str | None = Field(default=None, description="The promotion holding the floor up now.")
+    next_schedule: str | None = Field(default=None, description="The next promotion.")
+    next_change: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                    description="When the floor changes next (UTC).")
+    lead_time_seconds: int | None = Field(default=None, description="Lead time in use.")
+    measured_startup_seconds: int | None = Field(default=None,
+                                                 description="Longest observed pod start to Ready.")
+
+
 class ModelDeploymentStatus(Spec):
     """What peakserve observed, written by the operator only."""
 
@@ -499,5 +562,6 @@ class ModelDeploymentStatus(Spec):
     updated_replicas: int | None = Field(default=None, description="Pods already on the current spec.")
     endpoint: Endpoint | None = Field(default=None, description="In-cluster serving endpoint.")
     build: BuildStatus | None = Field(default=None, description="The model build, when spec.build is set.")
+    autoscaling: AutoscalingStatus | None = Field(default=None, description="Floor and promotion schedules.")
     precision: str | None = Field(default=None, description="Precision the Triton pods serve: the passed build's "
                                                              "choice, or spec.model.precision without a build.")

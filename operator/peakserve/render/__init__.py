@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..api.spec import ModelDeploymentSpec
 from . import names
 from .autoscaler import render_hpa
+from .headroom import headroom_name, render_headroom
+from .keda import render_scaled_object
 from ..build.identity import build_hash
+from ..schedules import DEFAULT_LEAD_SECONDS, lead_time
 from .build_job import artifact_uri, render_build_job
 from .deployment import render_deployment
 from .disruption import render_pdb
@@ -22,7 +26,26 @@ CHILD_KINDS = {
     "Deployment": "apps/v1",
     "PodDisruptionBudget": "policy/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
+    "ScaledObject": "keda.sh/v1alpha1",
 }
+
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    """What the clock and the cluster decide for an autoscaled spec: computed by the operator, so the
+    rendering itself stays pure."""
+
+    engine: str = "hpa"            # hpa | keda
+    floor: int | None = None       # minReplicas in force now; None: the spec's
+    lead_seconds: int = DEFAULT_LEAD_SECONDS
+
+
+def possible_children(md_name: str) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child a ModelDeployment may have, for pruning."""
+    child = names.child_name(md_name)
+    out = [(v, k, names.config_map_name(md_name) if k == "ConfigMap" else child) for k, v in CHILD_KINDS.items()]
+    return out + [("apps/v1", "Deployment", headroom_name(md_name))]
 
 
 def render_config_map(owner: Owner, config: str) -> dict[str, Any]:
@@ -42,7 +65,8 @@ def serving_spec(spec: ModelDeploymentSpec, build_hash: str | None) -> ModelDepl
     return spec.model_copy(update={"model": model})
 
 
-def render_children(owner: Owner, spec: ModelDeploymentSpec, build_hash: str | None = None) -> list[dict[str, Any]]:
+def render_children(owner: Owner, spec: ModelDeploymentSpec, build_hash: str | None = None,
+                    scaling: ScalingPlan = ScalingPlan()) -> list[dict[str, Any]]:
     """The serving children. `build_hash` names the passed build to serve when spec.build is set."""
     spec = serving_spec(spec, build_hash)
     config = render_config_pbtxt(spec)
@@ -52,15 +76,31 @@ def render_children(owner: Owner, spec: ModelDeploymentSpec, build_hash: str | N
         render_deployment(owner, spec, config_hash(config), build_hash if spec.build else None),
         render_pdb(owner),
     ]
-    if spec.autoscaling is not None:
-        children.append(render_hpa(owner, spec.autoscaling))
+    autoscaling = spec.autoscaling
+    if autoscaling is not None:
+        if scaling.engine == "keda":
+            children.append(render_scaled_object(owner, autoscaling, scaling.lead_seconds))
+        else:
+            children.append(render_hpa(owner, autoscaling, scaling.floor))
+        if autoscaling.headroom is not None:
+            children.append(render_headroom(owner, spec))
     return children
 
 
-def render_all(owner: Owner, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+def offline_plan(spec: ModelDeploymentSpec) -> ScalingPlan:
+    """Without a cluster or a clock: the named engine (auto renders an HPA), the spec's own floor, and
+    the spec's lead time (or the default until one is measured)."""
+    if spec.autoscaling is None:
+        return ScalingPlan()
+    engine = "keda" if spec.autoscaling.engine == "keda" else "hpa"
+    return ScalingPlan(engine=engine, lead_seconds=lead_time(spec.autoscaling, None))
+
+
+def render_all(owner: Owner, spec: ModelDeploymentSpec, scaling: ScalingPlan | None = None) -> list[dict[str, Any]]:
     """Everything a spec leads to, offline: the build Job (if any), then the children that serve its
     artifact once the build has passed. The operator applies the two parts at different times."""
+    scaling = scaling or offline_plan(spec)
     if spec.build is None:
-        return render_children(owner, spec)
+        return render_children(owner, spec, scaling=scaling)
     bhash = build_hash(spec)
-    return [render_build_job(owner, spec, bhash), *render_children(owner, spec, bhash)]
+    return [render_build_job(owner, spec, bhash), *render_children(owner, spec, bhash, scaling)]

@@ -35,7 +35,14 @@ def _rules(rules: ScalingRules, defaults: ScalingRules, select: str) -> dict[str
     }
 
 
-def render_hpa(owner: Owner, autoscaling: AutoscalingSpec) -> dict[str, Any]:
+def behavior(autoscaling: AutoscalingSpec) -> dict[str, Any]:
+    # Up: the faster policy wins. Down: the gentler one, because GPU pods are slow to return.
+    return {"scaleUp": _rules(autoscaling.scale_up, SCALE_UP, "Max"),
+            "scaleDown": _rules(autoscaling.scale_down, SCALE_DOWN, "Min")}
+
+
+def render_hpa(owner: Owner, autoscaling: AutoscalingSpec, min_replicas: int | None = None) -> dict[str, Any]:
+    """`min_replicas` is the floor in force now (a promotion schedule may raise it above the spec's)."""
     metric_name, to_value = METRICS[autoscaling.metric]
     child = names.child_name(owner.name)
     return {
@@ -44,15 +51,11 @@ def render_hpa(owner: Owner, autoscaling: AutoscalingSpec) -> dict[str, Any]:
         "metadata": owner.metadata(child),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": child},
-            "minReplicas": autoscaling.min_replicas,
+            "minReplicas": min_replicas or autoscaling.min_replicas,
             "maxReplicas": autoscaling.max_replicas,
             "metrics": [{"type": "Pods", "pods": {
                 "metric": {"name": metric_name},
                 "target": {"type": "AverageValue", "averageValue": to_value(autoscaling.target)}}}],
-            "behavior": {
-                # Up: the faster policy wins. Down: the gentler one, because GPU pods are slow to return.
-                "scaleUp": _rules(autoscaling.scale_up, SCALE_UP, "Max"),
-                "scaleDown": _rules(autoscaling.scale_down, SCALE_DOWN, "Min"),
-            },
+            "behavior": behavior(autoscaling),
         },
     }
