@@ -16,6 +16,7 @@ else 1.
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,9 @@ import triton_python_backend_utils as pb_utils
 
 THREADS_PARAMETER = "intra_op_threads"
 THREADS_ENV = "PEAKSERVE_ORT_INTRA_OP_THREADS"
+# Autoscaling tests on CPU-only machines: each executed batch also waits this long, as a GPU kernel
+# would, without using a CPU core. Capacity then grows with replicas even on 2 cores. Unset: no wait.
+SIMULATED_GPU_ENV = "PEAKSERVE_SIMULATED_GPU_MS"
 
 # Triton config data_type -> onnxruntime's type string.
 ORT_TYPE = {
@@ -85,6 +89,7 @@ class TritonPythonModel:
 
         parameter = config.get("parameters", {}).get(THREADS_PARAMETER, {}).get("string_value", "")
         threads = int(parameter or os.environ.get(THREADS_ENV) or 1)
+        self.simulated_gpu_s = float(os.environ.get(SIMULATED_GPU_ENV) or 0) / 1000.0
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -112,6 +117,8 @@ class TritonPythonModel:
     def _run(self, feeds):
         names = [name for name, _ in self.outputs]
         results = self.session.run(names, feeds)
+        if self.simulated_gpu_s:
+            time.sleep(self.simulated_gpu_s)
         return {name: np.asarray(value).astype(dtype, copy=False)
                 for (name, dtype), value in zip(self.outputs, results)}
 
