@@ -1,4 +1,4 @@
-"""The `peakserve` command: render, build, crd, crds, docs, run, dev."""
+"""The `peakserve` command: render, build, plan, bench, crd, crds, docs, run, dev."""
 
 from __future__ import annotations
 
@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_render)
 
     from .build.cli import add_parser as add_build_parser
+    from .plan.cli import add_parser as add_plan_parser
 
     add_build_parser(sub)
+    add_plan_parser(sub)
 
     p = sub.add_parser("crd", help="print the CRD generated from the spec models")
     p.add_argument("--write", metavar="PATH", help="write to PATH instead of stdout")
