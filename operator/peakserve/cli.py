@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_render)
 
     from .build.cli import add_parser as add_build_parser
+    from .loadgen.cli import add_parser as add_bench_parser
     from .plan.cli import add_parser as add_plan_parser
 
     add_build_parser(sub)
+    add_bench_parser(sub)
     add_plan_parser(sub)
 
     p = sub.add_parser("crd", help="print the CRD generated from the spec models")
