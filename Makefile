@@ -22,6 +22,7 @@ install: $(STAMP) ## create .venv and install peakserve with its test dependenci
 tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/helm (cached in ~/.cache/peakserve)
 	$(PY) -m peakserve.devcluster.build
 	$(PY) -m peakserve.devcluster.tools
+	$(PY) -m peakserve.devcluster.prometheus install
 	$(PY) -m peakserve.triton.install
 
 test: tools ## run all tests: unit, then integration against a real control plane

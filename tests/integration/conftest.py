@@ -11,7 +11,7 @@ from peakserve.devcluster.cluster import DevCluster
 from peakserve.devcluster.operator_process import OperatorProcess
 from peakserve.devcluster.tools import ensure_tools
 
-from .cluster import ROOT, Kubectl
+from .cluster import ROOT, Kubectl, condition, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,9 @@ def cluster(tmp_path_factory):
 def kubectl(cluster) -> Kubectl:
     k = Kubectl(ensure_tools()["kubectl"], cluster.kubeconfig)
     k.run("apply", "--server-side", "-f", str(ROOT / "crds"))
-    k.run("wait", "--for", "condition=established", "crd/modeldeployments.peakserve.io")
+    # `kubectl wait` fails outright while the new CRD has no conditions yet (seen under load): poll.
+    wait_for(lambda: condition(k.get("crd", "modeldeployments.peakserve.io"), "Established").get("status") == "True",
+             what="the CRD to be established")
     return k
 
 

@@ -171,7 +171,7 @@ def test_kube_version_constraint(helm):
 
 def test_default_rendering(rendered):
     docs = rendered["default"]
-    assert kinds(docs) == {"ServiceAccount": 2, "ClusterRole": 2, "ClusterRoleBinding": 2, "ConfigMap": 1,
+    assert kinds(docs) == {"ServiceAccount": 2, "ClusterRole": 2, "ClusterRoleBinding": 2, "ConfigMap": 2,
                            "Service": 1, "Deployment": 1, "Job": 1}
     deployment = one(docs, "Deployment", FULLNAME)
     assert deployment["spec"]["replicas"] == 1
@@ -191,6 +191,15 @@ def test_default_rendering(rendered):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/version"] == peakserve.__version__
     assert not find(docs, "ServiceMonitor") and not find(docs, "PodMonitor") and not find(docs, "NetworkPolicy")
+
+
+def test_adapter_rules_are_the_file_the_dev_stack_loads(rendered):
+    rules = one(rendered["default"], "ConfigMap", f"{FULLNAME}-adapter-rules")["data"]["config.yaml"]
+    shipped = (CHART / "files" / "adapter-rules.yaml").read_text()
+    assert yaml.safe_load(rules) == yaml.safe_load(shipped)
+    served = {r["name"]["as"] for r in yaml.safe_load(rules)["rules"]}
+    from peakserve.render.autoscaler import METRICS
+    assert served == {name for name, _ in METRICS.values()}, "every HPA metric has an adapter rule"
 
 
 def test_namespaced(rendered):

@@ -30,7 +30,8 @@ def bin_dir() -> Path:
 
 
 def binary_path(name: str) -> Path:
-    version = {"etcd": versions.ETCD, "kwok": versions.KWOK}.get(name, versions.KUBERNETES)
+    version = {"etcd": versions.ETCD, "kwok": versions.KWOK,
+               "prometheus-adapter": versions.PROMETHEUS_ADAPTER}.get(name, versions.KUBERNETES)
     return bin_dir() / f"{name}-{version}" / name
 
 
@@ -107,18 +108,39 @@ def build_kwok(workdir: Path) -> None:
     _build_module(workdir, gomod, None, {str(binary_path("kwok")): "sigs.k8s.io/kwok/cmd/kwok"}, ldflags)
 
 
+def build_prometheus_adapter(workdir: Path) -> None:
+    """sigs.k8s.io/prometheus-adapter's cmd/adapter, with the module's own dependency versions."""
+    v = versions.PROMETHEUS_ADAPTER
+    gomod = f"module peakserve.io/devcluster/adapter\n\ngo 1.22\n\nrequire sigs.k8s.io/prometheus-adapter {v}\n"
+    main_go = '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/prometheus-adapter/cmd/adapter"\n'
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tools.go").write_text(main_go)
+    _build_module(workdir, gomod, None,
+                  {str(binary_path("prometheus-adapter")): "sigs.k8s.io/prometheus-adapter/cmd/adapter"})
+
+
 BUILDERS = {
     "etcd": (("etcd",), build_etcd),
     "kwok": (("kwok",), build_kwok),
     "kubernetes": (KUBE_COMMANDS, build_kubernetes),
+    "prometheus-adapter": (("prometheus-adapter",), build_prometheus_adapter),
 }
 
 
-def ensure_binaries(log=print) -> dict[str, Path]:
-    """Build whatever is missing from the cache; return name -> path for every binary."""
+CONTROL_PLANE = ("etcd", "kwok", "kubernetes")
+
+
+def ensure_binaries(log=print, groups: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Build whatever is missing from the cache; return name -> path for every binary.
+
+    ``groups`` limits the work to some of BUILDERS (the control plane alone needs no adapter);
+    None builds them all, as `make tools` does.
+    """
     if shutil.which("go") is None:
         raise RuntimeError("Go is required to build the local control plane (go not found on PATH)")
     for group, (names, builder) in BUILDERS.items():
+        if groups is not None and group not in groups:
+            continue
         if all(binary_path(n).exists() for n in names):
             continue
         started = time.monotonic()
@@ -126,7 +148,8 @@ def ensure_binaries(log=print) -> dict[str, Path]:
         with tempfile.TemporaryDirectory(prefix=f"peakserve-build-{group}-") as tmp:
             builder(Path(tmp))
         log(f"[build] {group}: done in {time.monotonic() - started:.0f}s")
-    return {n: binary_path(n) for names, _ in BUILDERS.values() for n in names}
+    return {n: binary_path(n) for group, (names, _) in BUILDERS.items()
+            if groups is None or group in groups for n in names}
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import build
-from .certs import make_pki
+from .certs import FRONT_PROXY_CLIENT, make_pki
 from .kwok_stages import kwok_config
 from .nodes import DEFAULT_NODES, KWOK_ANNOTATION, GpuNode, node_manifest
 
@@ -74,7 +74,7 @@ class DevCluster:
             return
         self.down(quiet=True)
         started = time.monotonic()
-        binaries = build.ensure_binaries(self.log)
+        binaries = build.ensure_binaries(self.log, groups=build.CONTROL_PLANE)
         self.dir.mkdir(parents=True, exist_ok=True)
         pki = self.dir / "pki"
         make_pki(pki)
@@ -155,7 +155,19 @@ class DevCluster:
                     # The default endpoint reconciler rejects a loopback advertise address.
                     "--endpoint-reconciler-type=none",
                     "--allow-privileged=true", "--event-ttl=1h",
-                    f"--cert-dir={pki}"]
+                    f"--cert-dir={pki}",
+                    # The aggregation layer (custom.metrics.k8s.io from prometheus-adapter): the
+                    # apiserver proxies with the front-proxy client certificate and passes the
+                    # caller's identity in these headers, which extension servers trust only
+                    # from that CA and CN (they read it all from kube-system's
+                    # extension-apiserver-authentication ConfigMap).
+                    f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                    f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                    "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                    "--requestheader-group-headers=X-Remote-Group",
+                    "--requestheader-username-headers=X-Remote-User",
+                    f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                    f"--proxy-client-key-file={pki / 'front-proxy-client.key'}"]
         if name == "kube-controller-manager":
             return [f"--kubeconfig={kubeconfig}", "--bind-address=127.0.0.1",
                     f"--secure-port={ports['kcm']}", "--leader-elect=false",

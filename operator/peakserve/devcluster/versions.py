@@ -3,3 +3,6 @@
 KUBERNETES = "v1.34.4"
 ETCD = "v3.6.16"
 KWOK = "v0.7.0"
+# The custom-metrics API server (custom.metrics.k8s.io) in front of Prometheus; v0.12.0 is the
+# latest release on the module proxy and builds with Go 1.26.
+PROMETHEUS_ADAPTER = "v0.12.0"
