@@ -73,5 +73,9 @@ model_repo/ranker/inputs/train_report.json: model_repo/ranker/train.py model_rep
 model_repo/encoder/inputs/train_report.json: model_repo/encoder/train.py model_repo/encoder/model.py | $(STAMP)
 	$(PY) model_repo/encoder/train.py --out model_repo/encoder/inputs
 
+.PHONY: plan
+plan: install ## capacity plan for the shipped Singles' Day trace: benchmarks/results/plan/plan.{json,png}
+	$(PEAKSERVE) plan --out benchmarks/results/plan
+
 clean: ## remove the virtualenv (the binary cache in ~/.cache/peakserve stays)
 	rm -rf $(VENV)

@@ -193,7 +193,7 @@ def _degraded_condition(obs: Observed) -> tuple[str, str, str]:
     if obs.hpa is not None and active and active.get("status") == "False":
         return "True", AUTOSCALER_FAILING, (
             f"The autoscaler cannot act: {active.get('message', '')}. "
-            "Is the Triton metrics adapter installed? (README: Autoscaling metrics)")
+            "Is the Triton metrics adapter installed? (README: Autoscaling)")
     return "False", AS_EXPECTED, "No problems observed."
 
 

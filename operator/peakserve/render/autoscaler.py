@@ -1,7 +1,7 @@
 """The HorizontalPodAutoscaler (autoscaling/v2) that scales Triton on its own load metrics.
 
 Metric names are the per-pod custom metrics that the metrics adapter serves
-(see README, "Autoscaling metrics"); units are fixed here so they cannot drift.
+(see README, "Autoscaling"); units are fixed here so they cannot drift.
 """
 
 from __future__ import annotations
