@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .cluster import free_port
+from .loopback_process import LoopbackProcess
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 APT_PACKAGE = "prometheus"
@@ -75,8 +74,11 @@ class PrometheusError(RuntimeError):
     pass
 
 
-class PrometheusProcess:
+class PrometheusProcess(LoopbackProcess):
     """``/usr/bin/prometheus`` on 127.0.0.1:PORT with a temporary TSDB; a context manager."""
+
+    name = "prometheus"
+    error = PrometheusError
 
     def __init__(self, workdir: Path | None = None, port: int | None = None,
                  binary: Path = PROMETHEUS, retention: str = "1h"):
@@ -95,14 +97,6 @@ class PrometheusProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     def start(self, timeout: float = 30) -> PrometheusProcess:
         if self.running:
             raise RuntimeError("already running")
@@ -113,64 +107,25 @@ class PrometheusProcess:
         if not self.targets_file.exists():
             self.set_targets([])
         self.config_file.write_text(config_yaml(self.targets_file))
-        for attempt in range(3):  # a port taken between free_port() and bind: try another
-            port = self.port or free_port()
-            argv = [str(self.binary), f"--config.file={self.config_file}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    f"--storage.tsdb.path={self.tsdb}",
-                    f"--storage.tsdb.retention.time={self.retention}",
-                    "--log.level=warn"]
-            log = open(self.log_path, "ab")
-            try:
-                self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                              stderr=subprocess.STDOUT, cwd=self.workdir,
-                                              start_new_session=True)
-            finally:
-                log.close()
-            self.port = port
-            try:
-                self._wait_ready(timeout)
-                return self
-            except PrometheusError:
-                in_use = "address already in use" in self.log_tail()
-                self.stop()
-                if not in_use or attempt == 2:
-                    raise
-                self.port = None
+        self.launch(timeout)
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise PrometheusError(f"prometheus exited with {self._proc.returncode}; "
-                                      f"log {self.log_path}:\n{self.log_tail()}")
-            try:
-                with _NO_PROXY.open(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise PrometheusError(f"prometheus not ready after {timeout}s; log {self.log_path}:\n{self.log_tail()}")
+    def argv(self) -> list[str]:
+        return [str(self.binary), f"--config.file={self.config_file}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--storage.tsdb.path={self.tsdb}",
+                f"--storage.tsdb.retention.time={self.retention}",
+                "--log.level=warn"]
+
+    def probe(self) -> bool:
+        try:
+            with _NO_PROXY.open(f"{self.url}/-/ready", timeout=2) as resp:
+                return resp.status == 200
+        except urllib.error.URLError:
+            return False
 
     def stop(self, timeout: float = 10) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=5)
+        self.stop_process(timeout)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -237,12 +192,6 @@ class PrometheusProcess:
                 return last[0]
             time.sleep(0.2)
         raise PrometheusError(f"target {host_port} not scraped within {timeout}s: {last}")
-
-    def log_tail(self, max_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-max_chars:]
-        except FileNotFoundError:
-            return ""
 
 
 def main(argv: list[str] | None = None) -> int:
