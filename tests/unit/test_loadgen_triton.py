@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_triton_local import FEATURES, MODEL, SPEC, triton_installed, write_built  # noqa: F401
+from test_triton_local import FEATURES, MODEL, SPEC, write_built
 
 from peakserve.loadgen import cli as bench_cli
 from peakserve.loadgen import find_capacity, run_load

@@ -25,7 +25,6 @@ from peakserve.triton import client
 from peakserve.triton.python_backend import local_repository
 from peakserve.triton.server import LocalTriton
 from peakserve.validation import parse_spec
-from test_triton_local import triton_installed  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 64

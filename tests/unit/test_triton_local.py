@@ -12,11 +12,8 @@ is down.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -26,7 +23,6 @@ import pytest
 
 from peakserve.render.triton_config import render_config_pbtxt
 from peakserve.triton import client
-from peakserve.triton.install import ensure_installed
 from peakserve.triton.python_backend import local_repository
 from peakserve.triton.server import LocalTriton, TritonStartError
 from peakserve.validation import parse_spec
@@ -51,28 +47,6 @@ SPEC = {
 
 
 # ------------------------------------------------------------------------------------ fixtures
-
-def _network_down() -> str | None:
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple")
-    host = urllib.parse.urlparse(index).hostname or "pypi.org"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        return f"{host}:443 unreachable ({e})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def triton_installed():
-    try:
-        return ensure_installed(log=lambda m: print(m, file=sys.stderr))
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        down = _network_down()
-        if down:
-            pytest.skip(f"cannot install the tritonserver tool virtualenv, network down: {down}; "
-                        "run `make tools` where the network is up")
-        raise AssertionError(f"installing the tritonserver tool virtualenv failed: {e}") from e
-
 
 def export_mlp(path: Path, seed: int = 0) -> None:
     import torch
