@@ -6,6 +6,7 @@ so that every child goes through one code path with one field manager.
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -29,6 +30,12 @@ PLURALS = {
 }
 
 ApiException = client.ApiException
+
+
+def rfc3339(moment: datetime.datetime | None = None) -> str:
+    """A Kubernetes timestamp (metav1.Time: UTC, whole seconds); now when no moment is given."""
+    moment = moment or datetime.datetime.now(datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None,

@@ -17,7 +17,7 @@ from . import api, conditions, metrics
 from .drift import drift_loop
 from .kube import ApiException, Kube
 from .reconcile import owner_name, reconcile, refresh_status
-from .render.names import MANAGER
+from .render.names import MANAGER, label_selector
 
 log = logging.getLogger("peakserve")
 
@@ -116,7 +116,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 16
     # Filter child watches on the server: otherwise every Deployment and Pod event in the
     # cluster is sent to us and decoded, only to be dropped by the handlers' label filter.
-    selector = ",".join(f"{k}={v}" for k, v in CHILD_SELECTOR.items())
+    selector = label_selector(CHILD_SELECTOR)
     for resource in (("apps", "deployments"), ("autoscaling", "horizontalpodautoscalers"), ("v1", "pods"),
                      ("batch", "jobs")):
         settings.watching.label_selectors[resource] = selector

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from . import conditions
 from .builds import BuildState, ensure_build
-from .kube import ApiException, Kube, error_message
+from .kube import ApiException, Kube, error_message, rfc3339
 from .render import ScalingPlan, names, possible_children, render_children
 from .scaling import plan_scaling
 from .render.owner import Owner
@@ -33,10 +33,6 @@ class Outcome:
     status: dict[str, Any]
     invalid: bool = False
     requeue_at: datetime.datetime | None = None  # a promotion floor changes then: reconcile again
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _owns_replicas(deployment: dict[str, Any]) -> bool:
@@ -111,8 +107,7 @@ def observe(kube: Kube, owner: Owner, generation: int, spec_raw: dict[str, Any] 
     desired = ((deployment or {}).get("spec") or {}).get("replicas") or 0
     # Pods are listed only when some exist and not all are ready: that is when scheduling matters.
     if (dep_status.get("replicas") or 0) > 0 and (dep_status.get("readyReplicas") or 0) < desired:
-        selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(owner.name).items())
-        pods = kube.list("v1", "Pod", owner.namespace, selector)
+        pods = kube.list("v1", "Pod", owner.namespace, names.pod_selector(owner.name))
     return conditions.Observed(
         generation=generation, deployment=deployment, hpa=hpa, pods=pods, invalid=invalid,
         gpu_resource=serving.get("gpuResource", "nvidia.com/gpu"), gpus=int(serving.get("gpus", 1)),
@@ -125,7 +120,7 @@ def status_from(obs: conditions.Observed, owner: Owner, previous: dict[str, Any]
     dep_status = (obs.deployment or {}).get("status") or {}
     status = {
         "observedGeneration": obs.generation,
-        "conditions": conditions.derive_conditions(obs, previous.get("conditions") or [], _now()),
+        "conditions": conditions.derive_conditions(obs, previous.get("conditions") or [], rfc3339()),
         "replicas": int(dep_status.get("replicas") or 0),
         "readyReplicas": int(dep_status.get("readyReplicas") or 0),
         "updatedReplicas": int(dep_status.get("updatedReplicas") or 0),

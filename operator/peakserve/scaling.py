@@ -13,7 +13,7 @@ from typing import Any
 
 from . import schedules
 from .api.spec import ModelDeploymentSpec
-from .kube import Kube
+from .kube import Kube, rfc3339
 from .render import ScalingPlan, names
 from .render.owner import Owner
 
@@ -31,10 +31,6 @@ class ScalingDecision:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def _rfc3339(moment: dt.datetime | None) -> str | None:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 def keda_installed(kube: Kube) -> bool:
@@ -63,8 +59,7 @@ def startup_seconds(pods: list[dict[str, Any]]) -> int | None:
 
 
 def _measured(kube: Kube, owner: Owner, previous: dict[str, Any]) -> int | None:
-    selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(owner.name).items())
-    now = startup_seconds(kube.list("v1", "Pod", owner.namespace, selector))
+    now = startup_seconds(kube.list("v1", "Pod", owner.namespace, names.pod_selector(owner.name)))
     before = (previous.get("autoscaling") or {}).get("measuredStartupSeconds")
     return max(x for x in (now, before) if x is not None) if (now or before) else None
 
@@ -83,7 +78,7 @@ def plan_scaling(kube: Kube, owner: Owner, spec: ModelDeploymentSpec, previous: 
     lead = schedules.lead_time(autoscaling, measured)
     floor = schedules.floor_at(now or _now(), autoscaling, lead)
     status = {"engine": engine, "floor": floor.replicas, "activeSchedule": floor.active,
-              "nextSchedule": floor.next_schedule, "nextChange": _rfc3339(floor.next_change),
+              "nextSchedule": floor.next_schedule, "nextChange": rfc3339(floor.next_change) if floor.next_change else None,
               "leadTimeSeconds": lead if autoscaling.schedules else None, "measuredStartupSeconds": measured}
     return ScalingDecision(plan=ScalingPlan(engine=engine, floor=floor.replicas, lead_seconds=lead),
                            status={k: v for k, v in status.items() if v is not None},

@@ -9,7 +9,6 @@ and the user see exactly what a real cluster shows.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from ..kube import Kube
+from ..kube import Kube, rfc3339
 from ..render.names import BUILD_COMPONENT
 
 log = logging.getLogger("peakserve.build-runner")
@@ -29,10 +28,6 @@ MESSAGE_LIMIT = 4096  # the kubelet's limit for one container's termination mess
 
 class UnsupportedPod(RuntimeError):
     """The pod needs something only a real node has (an S3 upload, a GPU)."""
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _build_container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -89,11 +84,11 @@ def finish_pod(kube: Kube, pod: dict[str, Any], exit_code: int, message: str, st
     status = {"name": container["name"], "image": container["image"], "ready": False, "restartCount": 0,
               "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
                                        "message": message[-MESSAGE_LIMIT:], "startedAt": started,
-                                       "finishedAt": _now()}}}
+                                       "finishedAt": rfc3339()}}}
     in_init = any(c["name"] == "build" for c in pod["spec"].get("initContainers") or [])
     key = "initContainerStatuses" if in_init else "containerStatuses"
     phase = "Succeeded" if exit_code == 0 else "Failed"
-    conditions = [{"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": _now()}
+    conditions = [{"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": rfc3339()}
                   for t in ("Ready", "ContainersReady")]
     kube.merge_patch("v1", "Pod", pod["metadata"]["namespace"], pod["metadata"]["name"],
                      {"status": {"phase": phase, "conditions": conditions, key: [status]}}, "status")
@@ -101,7 +96,7 @@ def finish_pod(kube: Kube, pod: dict[str, Any], exit_code: int, message: str, st
 
 def run_pod(kube: Kube, pod: dict[str, Any], timeout: float) -> int:
     """Run one build pod to its end; returns the exit code written to the pod."""
-    started = _now()
+    started = rfc3339()
     name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
     with tempfile.TemporaryDirectory(prefix="peakserve-build-") as tmp:
         result_file = Path(tmp) / "termination-log"

@@ -27,7 +27,7 @@ class PodServers:
     def __init__(self, kube: Kube, namespace: str, md_name: str, repository: Path, workdir: Path,
                  on_targets: Callable[[list[Target]], None], env: dict[str, str] | None = None):
         self.kube, self.namespace, self.repository, self.workdir = kube, namespace, repository, workdir
-        self.selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(md_name).items())
+        self.selector = names.pod_selector(md_name)
         # Extra variables on top of this process's environment (LocalTriton takes a whole environment).
         self.on_targets, self.env = on_targets, {**os.environ, **(env or {})}
         self.servers: dict[str, LocalTriton] = {}

@@ -65,6 +65,16 @@ def selector_labels(md_name: str) -> dict[str, str]:
     return {LABEL_MD: child_name(md_name)}
 
 
+def label_selector(labels: dict[str, str]) -> str:
+    """A labelSelector query string (k=v,k=v) for list and watch requests."""
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+def pod_selector(md_name: str) -> str:
+    """The labelSelector of a ModelDeployment's Triton pods."""
+    return label_selector(selector_labels(md_name))
+
+
 def common_labels(md_name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "triton-inference-server",
