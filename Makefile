@@ -11,24 +11,24 @@ STAMP := $(VENV)/.installed-stamp
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml harness/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./harness
 	touch $@
 
 install: $(STAMP) ## create .venv and install peakserve with its test dependencies
 
 tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/helm (cached in ~/.cache/peakserve)
-	$(PY) -m peakserve.devcluster.build
-	$(PY) -m peakserve.devcluster.tools
-	$(PY) -m peakserve.devcluster.prometheus install
-	$(PY) -m peakserve.triton.install
+	$(PY) -m peakserve_harness.controlplane.binaries
+	$(PY) -m peakserve_harness.controlplane.tools
+	$(PY) -m peakserve_harness.metrics.prometheus install
+	$(PY) -m peakserve_harness.triton.install
 
 test: tools ## run all tests: unit, then integration against a real control plane
 	$(PY) -m pytest -q
 
-unit: install ## unit and golden-file tests only (no cluster)
+unit: install ## pure tests only: spec, rendering, decide tables, conditions, planner (no processes)
 	$(PY) -m pytest -q tests/unit
 
 integration: tools ## integration tests against the real control plane
@@ -40,16 +40,16 @@ crds: install ## regenerate crds/ from the spec models
 docs: install ## regenerate the README's CRD reference from the spec models
 	$(PEAKSERVE) docs --readme README.md
 
-golden: install ## regenerate the golden files after a deliberate rendering change
-	PEAKSERVE_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_golden.py
+golden: install ## regenerate the golden files (rendering, decide plans) after a deliberate change
+	PEAKSERVE_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/unit/test_golden.py tests/unit/test_decide.py
 
 dev-up: tools ## start the local control plane with simulated GPU nodes and install the CRD
-	$(PEAKSERVE) dev up
-	eval "$$($(PEAKSERVE) dev env)" && kubectl apply --server-side -f crds/ >/dev/null
-	@echo 'Use it with: eval "$$($(PEAKSERVE) dev env)"'
+	$(VENV)/bin/peakserve-dev up
+	eval "$$($(VENV)/bin/peakserve-dev env)" && kubectl apply --server-side -f crds/ >/dev/null
+	@echo 'Use it with: eval "$$($(VENV)/bin/peakserve-dev env)"'
 
 dev-down: install ## stop the local control plane (and the demo operator)
-	$(PEAKSERVE) dev down
+	$(VENV)/bin/peakserve-dev down
 
 demo: tools ## control plane + operator + build runner; build the sample ranker, roll it out, send a real request
 	bash scripts/demo.sh

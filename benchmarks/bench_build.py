@@ -6,7 +6,7 @@ one KIND_CPU instance group and no build.gpus. CPU int8 is what this machine can
 1. build    the real run_build, bigger speed budget: chosen candidate, every verdict and reason, wall time.
 2. compare  fp32 and the int8 candidates from one fp32 export (the builder's own export and quantizers): size;
             p50/p99 ms and rows/s at batch 1/32/256 (ONNX Runtime CPU, 2 intra-op threads, interleaved
-            round-robin by peakserve.build.speed.measure); accuracy vs fp32 (peakserve.build.accuracy).
+            round-robin by peakserve.builder.speed.measure); accuracy vs fp32 (peakserve.builder.accuracy).
 3. triton   the ranker's published artifact on the real tritonserver (python backend, local_repository copy),
             config as built vs the dynamic_batching block removed; C concurrent gRPC clients sending one row per
             request, bounded by count and time; servers run A,B,A,B,...; medians reported.
@@ -41,16 +41,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))  # works without the editable install too
 
-from peakserve.build import accuracy, export, sources, speed, candidates as cands  # noqa: E402
-from peakserve.build.environment import host_info, tool_versions  # noqa: E402
-from peakserve.build.pipeline import run_build  # noqa: E402
-from peakserve.build.progress import Progress  # noqa: E402
-from peakserve.build.runtime import CPU, run_dataset  # noqa: E402
-from peakserve.triton import client as tclient  # noqa: E402
-from peakserve.triton.install import PYTRITON_VERSION, ensure_installed  # noqa: E402
-from peakserve.triton.python_backend import local_repository  # noqa: E402
-from peakserve.triton.server import LocalTriton  # noqa: E402
-from peakserve.validation import parse_spec  # noqa: E402
+from peakserve.builder import accuracy, export, sources, speed, candidates as cands  # noqa: E402
+from peakserve.builder.environment import host_info, tool_versions  # noqa: E402
+from peakserve.builder.pipeline import run_build  # noqa: E402
+from peakserve.builder.progress import Progress  # noqa: E402
+from peakserve.builder.runtime import CPU, run_dataset  # noqa: E402
+from peakserve.loadgen import client as peakserve_client  # noqa: E402
+from peakserve_harness.triton import metrics_text  # noqa: E402
+from peakserve_harness.triton.install import PYTRITON_VERSION, ensure_installed  # noqa: E402
+from peakserve_harness.triton.python_backend import local_repository  # noqa: E402
+from peakserve_harness.triton.server import LocalTriton  # noqa: E402
+from peakserve.api.validation import parse_spec  # noqa: E402
 
 SAMPLES = {"ranker": "examples/ranker-build.yaml", "encoder": "examples/encoder.yaml"}
 BATCHES = [1, 32, 256]
@@ -176,17 +177,10 @@ def triton_repositories(published: Path, work: Path, model: str) -> dict[str, Pa
 async def drive_load(url: str, model: str, rows: dict[str, np.ndarray], output: str, concurrency: int,
                      warmup_s: float, seconds: float, max_requests: int, label: str) -> dict[str, Any]:
     """`concurrency` clients on one gRPC channel, each sending single-row requests back to back."""
-    import tritonclient.grpc.aio as grpcaio
-    from tritonclient.grpc import InferInput, InferRequestedOutput
-
-    def request(i: int) -> list:
-        one = {name: np.ascontiguousarray(a[i:i + 1]) for name, a in rows.items()}
-        return [InferInput(n, list(x.shape), tclient._np_to_triton(x)).set_data_from_numpy(x)
-                for n, x in one.items()]
-
-    prepared = [request(i) for i in range(256)]  # rows of the evaluation set, reused round-robin
-    wanted = [InferRequestedOutput(output)]
-    client = grpcaio.InferenceServerClient(url, channel_args=[("grpc.enable_http_proxy", 0)])
+    client = peakserve_client.open_client("grpc", url, connections=1, timeout_s=30)
+    # rows of the evaluation set, reused round-robin
+    prepared = [client.prepare({name: np.ascontiguousarray(a[i:i + 1]) for name, a in rows.items()}, {})
+                for i in range(256)]
     samples: list[tuple[float, float]] = []  # (start, end), perf_counter
     state = {"sent": 0, "errors": 0}
     start = time.perf_counter()
@@ -198,7 +192,7 @@ async def drive_load(url: str, model: str, rows: dict[str, np.ndarray], output: 
             state["sent"] += 1
             t0 = time.perf_counter()
             try:
-                await client.infer(model, inputs, outputs=wanted, client_timeout=30)
+                await client.infer(model, inputs, "", 30, [output])
                 samples.append((t0, time.perf_counter()))
             except Exception:  # noqa: BLE001 - counted and reported; the run stays bounded
                 state["errors"] += 1
@@ -229,12 +223,12 @@ async def drive_load(url: str, model: str, rows: dict[str, np.ndarray], output: 
 def triton_run(repo: Path, model: str, rows: dict, output: str, args, label: str) -> dict[str, Any]:
     with LocalTriton(repo) as server:
         ready_s = server.wait_ready(120)
-        loaded = tclient.model_config(server.http_url, model)
+        loaded = peakserve_client.model_config(server.http_url, model)
         load = asyncio.run(drive_load(server.grpc_url, model, rows, output, args.concurrency, args.triton_warmup,
                                       args.triton_seconds, args.triton_max_requests, label))
-        metrics = tclient.parse_metrics(tclient.scrape_metrics(server.metrics_url))
-    count = sum(tclient.metric_values(metrics, "nv_inference_count", model=model))
-    execs = sum(tclient.metric_values(metrics, "nv_inference_exec_count", model=model))
+        metrics = metrics_text.parse_metrics(metrics_text.scrape_metrics(server.metrics_url))
+    count = sum(metrics_text.metric_values(metrics, "nv_inference_count", model=model))
+    execs = sum(metrics_text.metric_values(metrics, "nv_inference_exec_count", model=model))
     return {**load, "ready_s": round(ready_s, 1), "dynamic_batching_loaded": "dynamic_batching" in loaded,
             "mean_server_batch": round(count / execs, 2) if execs else None}
 

@@ -41,16 +41,16 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))  # works without the editable install too
 
-from peakserve.devcluster.cluster import DevCluster  # noqa: E402
-from peakserve.devcluster.nodes import GpuNode  # noqa: E402
-from peakserve.devcluster.operator_process import OperatorProcess  # noqa: E402
-from peakserve.devcluster.samples import model_deployment, small_spec  # noqa: E402
-from peakserve.devcluster.tools import ensure_tools  # noqa: E402
-from peakserve.kube import ApiException, Kube  # noqa: E402
+from peakserve_harness.controlplane.cluster import DevCluster  # noqa: E402
+from peakserve_harness.controlplane.nodes import GpuNode  # noqa: E402
+from peakserve_harness.operator_process import OperatorProcess  # noqa: E402
+from peakserve_harness.samples import model_deployment, small_spec  # noqa: E402
+from peakserve_harness.controlplane.tools import ensure_tools  # noqa: E402
+from peakserve.cluster.client import ApiException, Kube  # noqa: E402
 from peakserve.render import render_children  # noqa: E402
 from peakserve.render.names import child_name  # noqa: E402
 from peakserve.render.owner import Owner  # noqa: E402
-from peakserve.validation import parse_spec  # noqa: E402
+from peakserve.api.validation import parse_spec  # noqa: E402
 
 MD_PATH = "/apis/peakserve.io/v1alpha1/namespaces/{ns}/modeldeployments"
 BASELINE_MANAGER = "bench-baseline"

@@ -3,12 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEAKSERVE=.venv/bin/peakserve
+DEV=.venv/bin/peakserve-dev
 PY=.venv/bin/python
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, KWOK)"
-$PEAKSERVE dev up
-eval "$($PEAKSERVE dev env)"
+$DEV up
+eval "$($DEV env)"
 state_dir=$(dirname "$KUBECONFIG")
 kubectl get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.count
 
@@ -31,7 +32,7 @@ step "Local build runner (runs build Jobs' pods on this host; KWOK runs no conta
 if [ -f "$state_dir/builds.pid" ] && kill -0 "$(cat "$state_dir/builds.pid")" 2>/dev/null; then
   echo "already running (pid $(cat "$state_dir/builds.pid"))"
 else
-  setsid $PEAKSERVE dev builds >"$state_dir/builds.log" 2>&1 < /dev/null &
+  setsid $DEV builds >"$state_dir/builds.log" 2>&1 < /dev/null &
   echo $! >"$state_dir/builds.pid"
   echo "running (pid $(cat "$state_dir/builds.pid"))"
 fi
@@ -77,4 +78,4 @@ step "A real request: the real tritonserver serves the built artifact (python ba
 artifact=$(kubectl get modeldeployment ranker -o jsonpath='{.status.build.hash}')
 $PY scripts/demo_request.py --repository "$store/artifacts/$artifact" --evaluation "$store/sources/ranker/evaluation.npz"
 
-printf '\nThe cluster and operator keep running. Explore with:\n  eval "$(%s dev env)"; kubectl get mdep\nStop everything with: make dev-down\n' "$PEAKSERVE"
+printf '\nThe cluster and operator keep running. Explore with:\n  eval "$(%s dev env)"; kubectl get mdep\nStop everything with: make dev-down\n' "$DEV"

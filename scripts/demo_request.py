@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from peakserve.triton.client import infer_grpc, infer_http, metric_values, parse_metrics, scrape_metrics
-from peakserve.triton.install import ensure_installed
-from peakserve.triton.python_backend import local_repository
-from peakserve.triton.server import LocalTriton
+from peakserve.loadgen.client import infer
+from peakserve_harness.triton.metrics_text import metric_values, parse_metrics, scrape_metrics
+from peakserve_harness.triton.install import ensure_installed
+from peakserve_harness.triton.python_backend import local_repository
+from peakserve_harness.triton.server import LocalTriton
 
 
 def main() -> int:
@@ -43,8 +44,8 @@ def main() -> int:
             seconds = server.wait_ready(timeout=120)
             print(f"tritonserver ready in {seconds:.1f}s (model {model_dir.name}, "
                   f"candidate {manifest.get('choice', {}).get('candidate', '?')}, warmed up before ready)")
-            http = infer_http(server.http_url, model_dir.name, inputs, outputs)
-            grpc = infer_grpc(server.grpc_url, model_dir.name, inputs, outputs)
+            http = infer(server.http_url, model_dir.name, inputs, outputs, protocol="http")
+            grpc = infer(server.grpc_url, model_dir.name, inputs, outputs, protocol="grpc")
             for name in outputs:
                 print(f"{name} over HTTP: {[f'{v:.4f}' for v in http[name].ravel()]}")
                 print(f"{name} over gRPC: {[f'{v:.4f}' for v in grpc[name].ravel()]}")

@@ -1,4 +1,8 @@
-"""The `peakserve` command: render, build, plan, bench, crd, crds, docs, run, dev."""
+"""The `peakserve` command: run, render, crd, crds, docs; and, with their extras, build, bench and plan.
+
+Each command imports what it needs when it runs, so the operator image (peakserve without extras) starts
+without torch, numpy or tritonclient.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
+from .extras import MissingExtra, require
 
 
 def _render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .api.validation import InvalidSpec, parse_spec
     from .render import render_all
     from .render.owner import Owner
-    from .validation import InvalidSpec, parse_spec
     from .yamlio import dump_all
 
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
@@ -51,43 +57,44 @@ def _docs(args: argparse.Namespace) -> int:
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from .crds_apply import apply_crds
-    from .kube import Kube
+    from .cluster.client import Kube
+    from .cluster.crds import apply_crds
 
     print(apply_crds(Kube.from_kubeconfig(args.kubeconfig)))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .operator_main import run_operator
+    from .runtime.handlers import run_operator
 
     return run_operator(namespaces=args.namespace, health_address=args.health_address,
                         metrics_address=args.metrics_address, drift_interval=args.drift_interval,
                         peering=args.peering)
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from .devcluster import cli as dev_cli
+def parser() -> argparse.ArgumentParser:
+    from .builder.cli import add_parser as add_build_parser
+    from .loadgen.cli import add_parser as add_bench_parser
+    from .planner.cli import add_parser as add_plan_parser
 
-    return dev_cli.main(args)
+    top = argparse.ArgumentParser(prog="peakserve", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="peakserve", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the operator against the current kubeconfig (in-cluster config first)")
+    p.add_argument("-n", "--namespace", action="append", default=[],
+                   help="watch only this namespace (repeatable); default all namespaces")
+    p.add_argument("--health-address", default="0.0.0.0:8080", help="liveness endpoint host:port")
+    p.add_argument("--metrics-address", default="0.0.0.0:9090", help="Prometheus metrics host:port")
+    p.add_argument("--drift-interval", type=float, default=300.0,
+                   help="seconds between drift checks of each ModelDeployment (they re-apply desired state)")
+    p.add_argument("--peering", default=None,
+                   help="kopf peering name for HA (several operators, one active); default standalone")
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("render", help="print the children of a ModelDeployment as YAML, without a cluster")
     p.add_argument("-f", "--file", required=True, help="ModelDeployment YAML, or - for stdin")
     p.add_argument("-n", "--namespace", default="default")
     p.set_defaults(func=_render)
-
-    from .build.cli import add_parser as add_build_parser
-    from .loadgen.cli import add_parser as add_bench_parser
-    from .plan.cli import add_parser as add_plan_parser
-
-    add_build_parser(sub)
-    add_bench_parser(sub)
-    add_plan_parser(sub)
 
     p = sub.add_parser("crd", help="print the CRD generated from the spec models")
     p.add_argument("--write", metavar="PATH", help="write to PATH instead of stdout")
@@ -102,25 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default="README.md")
     p.set_defaults(func=_docs)
 
-    p = sub.add_parser("run", help="run the operator against the current kubeconfig")
-    p.add_argument("-n", "--namespace", action="append", default=[],
-                   help="watch only this namespace (repeatable); default all namespaces")
-    p.add_argument("--health-address", default="0.0.0.0:8080", help="liveness endpoint host:port")
-    p.add_argument("--metrics-address", default="0.0.0.0:9090", help="Prometheus metrics host:port")
-    p.add_argument("--drift-interval", type=float, default=300.0,
-                   help="seconds between drift checks of each ModelDeployment (they re-apply desired state)")
-    p.add_argument("--peering", default=None,
-                   help="kopf peering name for HA (several operators, one active); default standalone")
-    p.set_defaults(func=_run)
+    # These three need an extra; their parsers are light, their commands import the extra when run.
+    add_build_parser(sub).set_defaults(extra="build")
+    add_bench_parser(sub).set_defaults(extra="client")
+    add_plan_parser(sub).set_defaults(extra="plan")
+    return top
 
-    p = sub.add_parser("dev", help="the local control plane: etcd, kube-*, KWOK GPU nodes")
-    p.add_argument("action", choices=["up", "down", "status", "env", "builds"],
-                   help="builds: run build Jobs' pods on this host (KWOK runs no containers)")
-    p.add_argument("--dir", default=None, help="state directory (default ~/.cache/peakserve/dev)")
-    p.set_defaults(func=_dev)
 
-    args = parser.parse_args(argv)
-    return args.func(args)
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    extra = getattr(args, "extra", None)
+    try:
+        if extra:
+            require(args.command, extra)
+        return args.func(args)
+    except MissingExtra as err:
+        print(err, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

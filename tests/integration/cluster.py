@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import yaml
 
-from peakserve.devcluster.samples import model_deployment, small_spec
+from peakserve_harness.samples import model_deployment, small_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

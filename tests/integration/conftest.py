@@ -7,13 +7,12 @@ import sys
 
 import pytest
 
-from peakserve.devcluster.cluster import DevCluster
-from peakserve.devcluster.operator_process import OperatorProcess
-from peakserve.devcluster.tools import ensure_tools
+from peakserve_harness.controlplane.cluster import DevCluster
+from peakserve_harness.operator_process import OperatorProcess
+from peakserve_harness.controlplane.tools import ensure_tools
 
 from .cluster import ROOT, Kubectl, condition, wait_for
 
-pytestmark = pytest.mark.integration
 
 DRIFT_INTERVAL = 3.0
 

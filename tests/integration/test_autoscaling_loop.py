@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from peakserve.devcluster.metrics_stack import MetricsStack
-from peakserve.devcluster.pod_servers import PodServers
-from peakserve.kube import Kube
+from peakserve_harness.metrics.stack import MetricsStack
+from peakserve_harness.pods.triton_pods import PodServers
+from peakserve.cluster.client import Kube
 from peakserve.loadgen import run_load
 from peakserve.render.triton_config import render_config_pbtxt
-from peakserve.triton.install import ensure_installed
-from peakserve.triton.python_backend import local_repository
-from peakserve.validation import parse_spec
+from peakserve_harness.triton.install import ensure_installed
+from peakserve_harness.triton.python_backend import local_repository
+from peakserve.api.validation import parse_spec
 
 from .cluster import md, wait_for
 

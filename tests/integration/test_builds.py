@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peakserve.devcluster.build_runner import SELECTOR, run_pod
-from peakserve.devcluster.samples import model_deployment
-from peakserve.kube import Kube
+from peakserve_harness.pods.builder_pods import SELECTOR, run_pod
+from peakserve_harness.samples import model_deployment
+from peakserve.cluster.client import Kube
 
 from .cluster import condition, wait_for
 

@@ -9,16 +9,19 @@ from .cluster import condition, md, wait_for
 pytestmark = pytest.mark.integration
 
 
-def ready(kubectl, name, ns, reason="Serving"):
+def ready(kubectl, name, ns, reason="Serving", replicas=None):
+    """Ready has `reason`; with `replicas`, that many are also ready (Ready turns True at the first one)."""
     def check():
         obj = kubectl.get("modeldeployment", name, ns)
-        return obj if condition(obj, "Ready").get("reason") == reason else None
-    return wait_for(check, what=f"{name} Ready reason {reason}")
+        if condition(obj, "Ready").get("reason") != reason:
+            return None
+        return obj if replicas is None or obj["status"].get("readyReplicas") == replicas else None
+    return wait_for(check, what=f"{name} Ready reason {reason}" + (f", {replicas} ready" if replicas else ""))
 
 
 def test_apply_converges_to_serving_on_gpu_nodes(kubectl, operator, ns):
     kubectl.apply(md("ranker", ns, replicas=2))
-    obj = ready(kubectl, "ranker", ns)
+    obj = ready(kubectl, "ranker", ns, replicas=2)
 
     status = obj["status"]
     # No finalizer: deleting a ModelDeployment must never wait for the operator to be running.

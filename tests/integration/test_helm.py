@@ -7,15 +7,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from peakserve.api.crd import build_crd
-from peakserve.devcluster.operator_process import OperatorProcess
-from peakserve.devcluster.tools import ensure_tools
+from peakserve_harness.operator_process import OperatorProcess
+from peakserve_harness.controlplane.tools import ensure_tools
 
 from . import conftest
 from .cluster import ROOT, md
@@ -49,6 +48,24 @@ def admin_operators_paused():
         op.start()
 
 
+def _chart_template(release: str, namespace: str, template: str) -> list[dict]:
+    """The objects one template of the chart renders, with the chart's default values."""
+    rendered = subprocess.run([str(ensure_tools()["helm"]), "template", release, str(CHART), "-n", namespace,
+                               "--show-only", template], capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def _chart_run_args(release: str, namespace: str) -> list[str]:
+    """The args the chart's Deployment passes to the operator container after `run`, less the two listen
+    addresses (OperatorProcess puts its own in their place)."""
+    [deployment] = _chart_template(release, namespace, "templates/deployment.yaml")
+    [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"]
+    command, *args = container["args"]
+    listen = [a for a in args if a.startswith(("--health-address=", "--metrics-address="))]
+    assert command == "run" and len(listen) == 2, container["args"]
+    return [a for a in args if a not in listen]
+
+
 def _install_steps() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- BEGIN INSTALL STEPS")[1].split("<!-- END INSTALL STEPS -->")[0]
@@ -62,9 +79,11 @@ def _shell(step: str, kubeconfig: Path) -> subprocess.CompletedProcess:
     return subprocess.run(step, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
 
 
-def test_readme_install_steps_with_the_chart_identity(kubectl, cluster, admin_operators_paused, tmp_path):
+def test_readme_install_steps_with_the_chart_identity(kubectl, cluster, admin_operators_paused, core_install,
+                                                      tmp_path):
     """The README's install block, step by step. KWOK cannot run the operator image, so the operator
-    runs here instead, with the token of the chart's ServiceAccount and nothing else."""
+    runs here instead, as the image has it: the wheel without extras, `peakserve run` with the chart's
+    args, and the token of the chart's ServiceAccount and nothing else."""
     steps = _install_steps()
     assert steps[0].startswith("helm install peakserve charts/peakserve")
     operator = None
@@ -74,7 +93,11 @@ def test_readme_install_steps_with_the_chart_identity(kubectl, cluster, admin_op
             assert result.returncode == 0, f"README step failed: {step}\n{result.stdout}\n{result.stderr}"
             if step.startswith("helm install"):
                 config = token_kubeconfig(kubectl, "peakserve-system", "peakserve", tmp_path / "sa.kubeconfig")
-                operator = OperatorProcess(config, tmp_path / "operator.log", drift_interval=5)
+                # The container's args as the chart renders them for this release; only the listen
+                # addresses differ: 127.0.0.1 and free ports, which this test reaches (/healthz) and which
+                # no other operator of the session holds, instead of the chart's 0.0.0.0:8080 and :9090.
+                operator = OperatorProcess(config, tmp_path / "operator.log", command=[core_install.peakserve],
+                                           args=_chart_run_args("peakserve", "peakserve-system"))
                 operator.start()
         assert re.search(r"^ranker\s+True\s+2\s+int8\s+ranker", result.stdout, re.M), result.stdout
 
@@ -163,7 +186,7 @@ def _previous_crd() -> dict:
     return crd
 
 
-def test_crd_upgrade_keeps_live_model_deployments(kubectl, cluster, ns, tmp_path):
+def test_crd_upgrade_keeps_live_model_deployments(kubectl, cluster, ns, tmp_path, core_install):
     kubectl.run("apply", "--server-side", "--force-conflicts", "--field-manager=older-peakserve", "-f", "-",
                 input=yaml.safe_dump(_previous_crd()))
     kubectl.run("wait", "--for", "condition=established", "crd/modeldeployments.peakserve.io")
@@ -173,16 +196,14 @@ def test_crd_upgrade_keeps_live_model_deployments(kubectl, cluster, ns, tmp_path
         assert "rollout" not in stored["spec"]["serving"]
 
         # The hook's own identity: the ServiceAccount and ClusterRole that the chart renders for it.
-        hook = subprocess.run([str(ensure_tools()["helm"]), "template", "ps", str(CHART), "-n", ns,
-                               "--show-only", "templates/crd-upgrade.yaml"],
-                              capture_output=True, text=True, check=True).stdout
-        docs = [d for d in yaml.safe_load_all(hook) if d and d["kind"] != "Job"]
+        docs = [d for d in _chart_template("ps", ns, "templates/crd-upgrade.yaml") if d["kind"] != "Job"]
         for d in docs:
             d["metadata"].pop("annotations", None)
         kubectl.apply(docs)
         config = token_kubeconfig(kubectl, ns, "ps-peakserve-crd-upgrade", tmp_path / "hook.kubeconfig")
-        result = subprocess.run([sys.executable, "-m", "peakserve.cli", "crds", "apply", "--kubeconfig", str(config)],
-                                capture_output=True, text=True, timeout=120)
+        # The hook Job runs the operator image: the wheel without extras.
+        result = subprocess.run([core_install.peakserve, "crds", "apply", "--kubeconfig", str(config)],
+                                capture_output=True, text=True, timeout=120, env=core_install.env)
         assert result.returncode == 0, result.stderr
         assert "Established" in result.stdout
 

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peakserve.devcluster.metrics_stack import GROUP, MetricsStack, parse_quantity
-from peakserve.devcluster.prometheus import ensure_installed as ensure_prometheus
+from peakserve.api.validation import parse_spec
+from peakserve.loadgen import client
 from peakserve.render.triton_config import render_config_pbtxt
-from peakserve.triton import client
-from peakserve.triton.install import ensure_installed
-from peakserve.triton.python_backend import local_repository
-from peakserve.triton.server import LocalTriton
-from peakserve.validation import parse_spec
+from peakserve_harness.metrics.prometheus import ensure_installed as ensure_prometheus
+from peakserve_harness.metrics.stack import GROUP, MetricsStack, parse_quantity
+from peakserve_harness.triton.install import ensure_installed
+from peakserve_harness.triton.python_backend import local_repository
+from peakserve_harness.triton.server import LocalTriton
 
 from .cluster import condition, wait_for
 
@@ -160,7 +160,7 @@ class _Load:
         deadline = time.monotonic() + self.seconds
         try:
             while time.monotonic() < deadline:
-                client.infer_grpc(self.grpc_url, MODEL, {"x": x}, ["score"], timeout_s=10)
+                client.infer(self.grpc_url, MODEL, {"x": x}, ["score"], timeout_s=10)
                 with self._lock:
                     self.sent += 1
         except BaseException as err:  # noqa: BLE001 - reported by join()

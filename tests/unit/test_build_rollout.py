@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peakserve.build.identity import build_hash
-from peakserve.builds import _parse_result, _termination_message
-from peakserve.conditions import Observed, derive_conditions, event_type
+from peakserve.api.identity import build_hash
+from peakserve.decide.build_job import parse_result as _parse_result, termination_message as _termination_message
+from peakserve.decide.conditions import Observed, derive_conditions, event_type
 from peakserve.render import render_all, render_children
 from peakserve.render.build_job import artifact_uri, render_build_job
 from peakserve.render.owner import Owner
-from peakserve.validation import parse_spec
+from peakserve.api.validation import parse_spec
 
 from test_conditions import deployment
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from peakserve.api.spec import Condition
-from peakserve.conditions import Observed, derive_conditions, event_type, transitions
+from peakserve.decide.conditions import Observed, derive_conditions, event_type, transitions
 
 T0, T1 = "2025-11-28T09:00:00Z", "2025-11-28T09:05:00Z"
 ENDPOINT = "http://ranker.default.svc:8000"

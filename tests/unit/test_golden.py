@@ -17,7 +17,7 @@ import yaml
 
 from peakserve.render import render_all
 from peakserve.render.owner import Owner
-from peakserve.validation import parse_spec
+from peakserve.api.validation import parse_spec
 from peakserve.yamlio import dump_all
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,11 +49,10 @@ def test_every_expected_file_has_an_input():
 def test_render_matches_golden(source: Path):
     expected_path = GOLDEN / "expected" / source.name
     actual = render_file(source)
-    if UPDATE:
+    if UPDATE:  # writing the file proves nothing: the run says so instead of passing
         expected_path.parent.mkdir(parents=True, exist_ok=True)
         expected_path.write_text(actual)
-        assert expected_path.read_text() == actual
-        return
+        pytest.skip(f"rewrote expected/{source.name}: review the diff, then run the tests without the update flag")
     assert expected_path.exists(), f"{expected_path} is missing: run `make golden` and review it"
     expected = expected_path.read_text()
     if actual != expected:
@@ -68,9 +67,6 @@ def test_ranker_golden_input_is_the_example():
         "examples/ranker.yaml changed: copy it to tests/golden/inputs/ranker.yaml and run `make golden`")
 
 
-@pytest.mark.parametrize("source", INPUTS, ids=[p.stem for p in INPUTS])
-def test_rendering_is_deterministic(source: Path):
-    assert render_file(source) == render_file(source)
 
 
 @pytest.mark.parametrize("source", INPUTS, ids=[p.stem for p in INPUTS])

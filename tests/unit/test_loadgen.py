@@ -1,5 +1,6 @@
-"""peakserve.loadgen without a server: statistics, request data, endpoints, and the runner's
-scheduling against fake in-process clients (fixed rate, drops, skipping, endpoint refresh)."""
+"""peakserve.loadgen without a server: statistics, request data, endpoints, the client's gRPC JSON and
+synchronous facade, and the runner's scheduling against fake in-process clients (fixed rate, drops,
+skipping, endpoint refresh)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import time
 import numpy as np
 import pytest
 
+from peakserve.loadgen import client as client_mod
 from peakserve.loadgen import endpoints as endpoints_mod
 from peakserve.loadgen.capacity import find_capacity, judge
 from peakserve.loadgen.data import (DataError, RequestData, Signature, TensorSpec, load_npz,
                                     random_inputs)
-from peakserve.loadgen.endpoints import Client, EndpointPool, error_kind, parse_endpoint
+from peakserve.loadgen.client import Client, error_kind, parse_endpoint
+from peakserve.loadgen.endpoints import EndpointPool
 from peakserve.loadgen.runner import run_load
 from peakserve.loadgen.stats import (Drop, Sample, latency_summary, percentile, summarize,
                                      time_series)
@@ -201,6 +204,77 @@ def test_error_kinds():
     assert error_kind(KeyError("k")) == "KeyError"
 
 
+def test_grpc_protobuf_becomes_the_http_json():
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = mc.ModelConfig(
+        name="m", input=[mc.ModelInput(name="x", data_type=mc.TYPE_FP32, dims=[3, -1])],
+        dynamic_batching=mc.ModelDynamicBatching(
+            max_queue_delay_microseconds=100,
+            priority_queue_policy={2: mc.ModelQueuePolicy(default_timeout_microseconds=5)}),
+        parameters={"k": mc.ModelParameter(string_value="v")})
+    got = client_mod._as_json(config)
+    assert got["name"] == "m" and got["max_batch_size"] == 0 and got["output"] == []  # defaults
+    assert got["input"][0]["dims"] == [3, -1] and got["input"][0]["data_type"] == "TYPE_FP32"
+    batching = got["dynamic_batching"]
+    assert batching["max_queue_delay_microseconds"] == 100  # int64: a number, not "100"
+    assert batching["priority_queue_policy"]["2"]["default_timeout_microseconds"] == 5
+    assert got["parameters"] == {"k": {"string_value": "v"}}
+    assert "sequence_batching" not in got  # an unset message stays out, as over HTTP
+    assert Signature.from_config(got) == Signature("m", (TensorSpec("x", "FP32", (3, -1)),), (), 0)
+
+
+def test_the_sync_facade_opens_one_client_per_call_and_closes_it(monkeypatch):
+    opened = []
+
+    class Result:
+        def as_numpy(self, name):
+            return np.array([len(name)])
+
+    class Recording(Client):
+        def __init__(self, protocol, address, timeout_s):
+            self.protocol, self.address, self.timeout_s = protocol, address, timeout_s
+            self.calls, self.closed = [], False
+            opened.append(self)
+
+        def prepare(self, arrays, datatypes):
+            return (dict(arrays), dict(datatypes))
+
+        async def infer(self, model, payload, version, timeout_s, outputs=None):
+            self.calls.append(("infer", model, payload, version, timeout_s, outputs))
+            return Result()
+
+        async def model_ready(self, model, version=""):
+            return version == "1"
+
+        async def _statistics(self, model, version):
+            return {"model_stats": [{"name": model, "version": version}] if model == "m" else []}
+
+        async def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(client_mod, "open_client",
+                        lambda protocol, address, *, connections, timeout_s:
+                        Recording(protocol, address, timeout_s))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2]  # not contiguous
+    out = client_mod.infer("http://h:8000/", "m", {"x": x}, ["y", "score"], version="2")
+    assert set(out) == {"y", "score"} and out["score"].tolist() == [5]
+    (c,) = opened
+    assert (c.protocol, c.address, c.timeout_s, c.closed) == ("http", "h:8000", 30.0, True)
+    (_, model, (arrays, datatypes), version, timeout_s, outputs), = c.calls
+    assert (model, version, timeout_s, outputs, datatypes) == ("m", "2", 30.0, ["y", "score"], {})
+    assert arrays["x"].flags.c_contiguous and arrays["x"].tolist() == x.tolist()
+    assert client_mod.model_ready("h:8001", "m", version="1") and opened[-1].protocol == "grpc"
+    assert opened[-1].timeout_s == 5.0 and opened[-1].closed
+    assert not client_mod.model_ready("h:8000", "m", protocol="http")
+    assert client_mod.model_stats("grpc://h:8001", "m", version="3") == {"name": "m", "version": "3"}
+    with pytest.raises(LookupError, match="no statistics for model 'n'"):
+        client_mod.model_stats("h:8001", "n")
+    assert all(c.closed for c in opened) and len(opened) == 5
+    with pytest.raises(ValueError, match="expected host:port"):
+        client_mod.model_ready("http://h", "m")
+
+
 class FakeClient(Client):
     """An in-process endpoint: answers after `latency` seconds, or fails with `error`."""
 
@@ -231,7 +305,7 @@ class FakeClient(Client):
 @pytest.fixture
 def fake(monkeypatch):
     FakeClient.behaviour, FakeClient.calls = {}, {}
-    monkeypatch.setattr(endpoints_mod, "open_client",
+    monkeypatch.setattr(client_mod, "open_client",
                         lambda protocol, address, **kw: FakeClient(address))
     return FakeClient
 

@@ -10,7 +10,7 @@ from peakserve.api.spec import SCALE_DOWN, SCALE_UP, ScalingRules
 from peakserve.render import CHILD_KINDS
 from peakserve.render.names import ANNOTATION_CONFIG_HASH
 from peakserve.render.triton_config import config_hash, render_config_pbtxt
-from peakserve.validation import parse_spec
+from peakserve.api.validation import parse_spec
 from peakserve.yamlio import dump_all
 
 

@@ -9,9 +9,9 @@ import pytest
 from peakserve.api.spec import AutoscalingSpec
 from peakserve.render.keda import cron_triggers, prometheus_trigger
 from peakserve.render.owner import Owner
-from peakserve.scaling import startup_seconds
-from peakserve.schedules import DEFAULT_LEAD_SECONDS, floor_at, lead_time
-from peakserve.validation import InvalidSpec, parse_spec
+from peakserve.decide.scaling import startup_seconds
+from peakserve.api.schedules import DEFAULT_LEAD_SECONDS, floor_at, lead_time
+from peakserve.api.validation import InvalidSpec, parse_spec
 
 UTC = dt.timezone.utc
 SINGLES_DAY = {"name": "singles-day", "start": "2026-11-11T00:00:00", "end": "2026-11-11T02:00:00",
@@ -93,7 +93,7 @@ def test_keda_prometheus_trigger_units(metric, target, metric_type, threshold):
 
 
 def test_status_patch_removes_fields_that_went_away():
-    from peakserve.reconcile import merge_patch
+    from peakserve.decide.status import merge_patch
 
     before = {"autoscaling": {"floor": 3, "activeSchedule": "flash", "nextChange": "x"}, "precision": "int8",
               "build": {"hash": "a"}}

@@ -9,7 +9,7 @@ import yaml
 
 from peakserve.api.spec import ModelDeploymentSpec
 from peakserve.cli import main
-from peakserve.validation import InvalidSpec, parse_spec
+from peakserve.api.validation import InvalidSpec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ranker.yaml"
@@ -159,3 +159,13 @@ def test_cli_render_several_documents(tmp_path, capsys):
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     assert len(documents) == 4 + 5
     assert {d["metadata"]["ownerReferences"][0]["name"] for d in documents} == {"ranker", "ranker-canary"}
+
+
+def test_a_schedule_date_that_does_not_exist_is_an_invalid_spec():
+    # The CRD's pattern admits 2026-11-31; without this check the floor computation would crash each pass.
+    raw = {"model": {"name": "m", "uri": "pvc://c/m", "inputs": [{"name": "x", "dataType": "FP32", "dims": [1]}],
+                     "outputs": [{"name": "y", "dataType": "FP32", "dims": [1]}]},
+           "autoscaling": {"maxReplicas": 4, "schedules": [
+               {"name": "promo", "start": "2026-11-31T00:00:00", "end": "2026-12-01T02:00:00", "minReplicas": 2}]}}
+    with pytest.raises(InvalidSpec, match=r"schedules\[promo\]\.start: '2026-11-31T00:00:00' is not a date"):
+        parse_spec(raw)

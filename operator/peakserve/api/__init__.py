@@ -7,3 +7,6 @@ PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ["mdep"]
 API_VERSION = f"{GROUP}/{VERSION}"
+
+# The field manager of everything peakserve applies, and the managed-by label value of its children.
+FIELD_MANAGER = "peakserve"

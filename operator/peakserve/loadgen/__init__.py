@@ -4,18 +4,27 @@
     result = await run_load(["127.0.0.1:8001"], "ranker", mode="rate", rate=200, duration=10)
 
 See :mod:`.runner` (fixed rate / fixed concurrency), :mod:`.capacity` (capacity search),
-:mod:`.data` (request tensors), :mod:`.stats` (results) and :mod:`.cli` (the command).
+:mod:`.data` (request tensors), :mod:`.stats` (results), :mod:`.endpoints` (URLs, the endpoint
+pool), :mod:`.client` (the Triton client, async and sync) and :mod:`.cli` (the command).
 Needs the ``client`` extra (tritonclient[grpc,http], numpy).
 """
 
-from .capacity import CapacityResult, CapacityStep, find_capacity
-from .data import DataError, RequestData, Signature, TensorSpec, load_npz, random_inputs
-from .endpoints import parse_endpoint
-from .runner import LoadError, Progress, run_load
-from .stats import EndpointStats, LoadResult, latency_summary, percentile, time_series
+import importlib
 
-__all__ = [
-    "CapacityResult", "CapacityStep", "DataError", "EndpointStats", "LoadError", "LoadResult",
-    "Progress", "RequestData", "Signature", "TensorSpec", "find_capacity", "latency_summary",
-    "load_npz", "parse_endpoint", "percentile", "random_inputs", "run_load", "time_series",
-]
+# Lazy, so that importing peakserve.loadgen (the `bench` parser) needs neither numpy nor tritonclient.
+_EXPORTS = {
+    "CapacityResult": "capacity", "CapacityStep": "capacity", "find_capacity": "capacity",
+    "DataError": "data", "RequestData": "data", "Signature": "data", "TensorSpec": "data", "load_npz": "data",
+    "random_inputs": "data", "parse_endpoint": "client", "LoadError": "runner", "Progress": "runner",
+    "run_load": "runner", "EndpointStats": "stats", "LoadResult": "stats", "latency_summary": "stats",
+    "percentile": "stats", "time_series": "stats",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+__all__ = sorted(_EXPORTS)

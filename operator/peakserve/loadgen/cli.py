@@ -255,7 +255,7 @@ async def _bench(args, mode: str, printer: ProgressPrinter | None):
 
 def main(args: argparse.Namespace) -> int:
     from .data import DataError
-    from .endpoints import parse_endpoint
+    from .client import parse_endpoint
     from .runner import LoadError
 
     mode = _mode(args)

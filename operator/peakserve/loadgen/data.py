@@ -47,10 +47,10 @@ class Signature:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], model: str | None = None) -> Signature:
-        """From a model configuration as JSON: the HTTP ``/config`` body or gRPC's ``as_json``.
-
-        gRPC's JSON wraps it in ``{"config": ...}``, writes int64 dims as strings and leaves out
-        zero values (``max_batch_size: 0``); both forms are accepted.
+        """From a model configuration as JSON: the HTTP ``/config`` body (what
+        :meth:`~.client.Client.model_config` returns over both protocols) or tritonclient gRPC's
+        ``as_json``, which wraps it in ``{"config": ...}``, writes int64 dims as strings and leaves
+        out zero values (``max_batch_size: 0``); both forms are accepted.
         """
         config = config.get("config", config)
         inputs = []
@@ -177,7 +177,7 @@ class RequestData:
 async def fetch_signature(address: str, protocol: str, model: str, *, version: str = "",
                           timeout_s: float = 10.0) -> Signature:
     """The signature of ``model`` from the config the server at ``address`` (host:port) loaded."""
-    from .endpoints import open_client
+    from .client import open_client
 
     client = open_client(protocol, address, connections=1, timeout_s=timeout_s)
     try:

@@ -1,8 +1,9 @@
-"""Endpoints of a load run: URL parsing, asyncio Triton clients, and round-robin with skipping.
+"""Endpoints of a load run: URL parsing, and round-robin with skipping.
 
 An endpoint is ``host:port`` (gRPC, or the run's default protocol), ``grpc://host:port`` or
-``http://host:port``. Each gets one asyncio client (tritonclient's ``grpc.aio``: one HTTP/2
-channel; or ``http.aio``: a connection pool), never through a proxy from the environment.
+``http://host:port``. Each gets one asyncio client from :mod:`.client` (tritonclient's
+``grpc.aio``: one HTTP/2 channel; or ``http.aio``: a connection pool), never through a proxy from
+the environment.
 
 :class:`EndpointPool` hands out the live endpoints round-robin. An endpoint that fails
 ``skip_after`` times in a row leaves the rotation for ``skip_seconds``; then one probe request
@@ -13,174 +14,13 @@ requests, and the stats keep every endpoint that was used.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import re
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
+from typing import Awaitable, Callable, Iterable, Sequence, Union
 
-import numpy as np
-
-PROTOCOLS = ("grpc", "http")
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-MAX_GRPC_MESSAGE = 2**31 - 1
+from . import client as client_module
+from .client import Client, Target, parse_endpoint
 
 EndpointSource = Union[Sequence[str], Callable[[], Union[Iterable[str], Awaitable[Iterable[str]]]]]
-
-
-@dataclass(frozen=True)
-class Target:
-    url: str        # as given: the key of the per-endpoint stats
-    protocol: str   # "grpc" | "http"
-    address: str    # host:port, as tritonclient takes it
-
-
-def parse_endpoint(url: str, default_protocol: str = "grpc") -> Target:
-    """``host:port`` -> the default protocol; ``grpc://`` / ``http://`` choose it."""
-    if default_protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {default_protocol!r}")
-    url = url.strip()
-    m = _SCHEME.match(url)
-    protocol = default_protocol
-    address = url
-    if m:
-        scheme = m.group(1).lower()
-        if scheme not in PROTOCOLS:
-            raise ValueError(f"endpoint {url!r}: scheme {scheme}:// not supported "
-                             "(use host:port, grpc://host:port or http://host:port)")
-        protocol, address = scheme, url[m.end():]
-    address = address.rstrip("/")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or "/" in address:
-        raise ValueError(f"endpoint {url!r}: expected host:port")
-    return Target(url, protocol, address)
-
-
-# ---------------------------------------------------------------------------------------- errors
-
-def error_kind(err: BaseException) -> str:
-    """A short, stable name for a failed request: the gRPC status ("UNAVAILABLE"), "HTTP 400",
-    "timeout", "connection", or the exception's type."""
-    from tritonclient.utils import InferenceServerException
-
-    if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout"
-    if isinstance(err, InferenceServerException):
-        status = str(err.status() or "")
-        if status.startswith("StatusCode."):
-            name = status.removeprefix("StatusCode.")
-            return "timeout" if name == "DEADLINE_EXCEEDED" else name
-        if status.isdigit():
-            return f"HTTP {status}"
-        return "server_error"
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - the http extra is installed with tritonclient[http]
-        aiohttp = None
-    if aiohttp is not None and isinstance(err, aiohttp.ClientConnectionError):
-        return "connection"
-    if isinstance(err, (ConnectionError, OSError)):
-        return "connection"
-    return type(err).__name__
-
-
-# ---------------------------------------------------------------------------------------- clients
-
-class Client:
-    """One endpoint's asyncio Triton client, protocol-neutral."""
-
-    protocol = ""
-
-    def prepare(self, arrays: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> Any:
-        raise NotImplementedError
-
-    async def infer(self, model: str, payload: Any, version: str, timeout_s: float) -> None:
-        raise NotImplementedError
-
-    async def model_config(self, model: str, version: str = "") -> dict:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-
-def _datatype(name: str, array: np.ndarray, datatypes: Mapping[str, str]) -> str:
-    if name in datatypes:
-        return datatypes[name]
-    from tritonclient.utils import np_to_triton_dtype
-
-    dtype = np_to_triton_dtype(array.dtype)
-    if dtype is None:
-        raise TypeError(f"input {name!r}: no Triton data type for numpy {array.dtype}")
-    return dtype
-
-
-class GrpcClient(Client):
-    protocol = "grpc"
-
-    def __init__(self, address: str, timeout_s: float):
-        import tritonclient.grpc.aio as grpcaio
-
-        self._client = grpcaio.InferenceServerClient(address, channel_args=[
-            ("grpc.enable_http_proxy", 0),
-            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
-            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-        ])
-        self._timeout_s = timeout_s
-
-    def prepare(self, arrays, datatypes):
-        from tritonclient.grpc import InferInput
-
-        return [InferInput(n, list(a.shape), _datatype(n, a, datatypes)).set_data_from_numpy(a)
-                for n, a in arrays.items()]
-
-    async def infer(self, model, payload, version, timeout_s):
-        await self._client.infer(model, payload, model_version=version, client_timeout=timeout_s)
-
-    async def model_config(self, model, version=""):
-        return await self._client.get_model_config(model, version, as_json=True,
-                                                   client_timeout=self._timeout_s)
-
-    async def close(self):
-        await self._client.close()
-
-
-class HttpClient(Client):
-    protocol = "http"
-
-    def __init__(self, address: str, connections: int, timeout_s: float):
-        import tritonclient.http.aio as httpaio
-
-        self._client = httpaio.InferenceServerClient(address, conn_limit=max(1, connections),
-                                                     conn_timeout=timeout_s)
-
-    def prepare(self, arrays, datatypes):
-        from tritonclient.http import InferInput
-
-        inputs = []
-        for n, a in arrays.items():
-            t = InferInput(n, list(a.shape), _datatype(n, a, datatypes))
-            t.set_data_from_numpy(a, binary_data=True)
-            inputs.append(t)
-        return inputs
-
-    async def infer(self, model, payload, version, timeout_s):
-        await self._client.infer(model, payload, model_version=version)
-
-    async def model_config(self, model, version=""):
-        return await self._client.get_model_config(model, version)
-
-    async def close(self):
-        await self._client.close()
-
-
-def open_client(protocol: str, address: str, *, connections: int, timeout_s: float) -> Client:
-    """A client for ``address``; call it inside the running event loop (grpc.aio needs one)."""
-    if protocol == "grpc":
-        return GrpcClient(address, timeout_s)
-    if protocol == "http":
-        return HttpClient(address, connections, timeout_s)
-    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
 # ---------------------------------------------------------------------------------------- the pool
@@ -258,8 +98,9 @@ class EndpointPool:
         for target in wanted:
             e = self.endpoints.get(target.url)
             if e is None:
-                client = open_client(target.protocol, target.address,
-                                     connections=self._connections, timeout_s=self._timeout_s)
+                client = client_module.open_client(target.protocol, target.address,
+                                                   connections=self._connections,
+                                                   timeout_s=self._timeout_s)
                 e = self.endpoints[target.url] = Endpoint(target, client)
             order.append(e)
         self._order = order

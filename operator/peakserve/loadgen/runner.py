@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .data import RequestData, Signature, fetch_signature
-from .endpoints import Endpoint, EndpointPool, EndpointSource, error_kind
+from .client import error_kind
+from .endpoints import Endpoint, EndpointPool, EndpointSource
 from .stats import Drop, LoadResult, Sample, percentile, summarize
 
 MODES = ("rate", "concurrency")

@@ -10,8 +10,8 @@ from . import names
 from .autoscaler import render_hpa
 from .headroom import headroom_name, render_headroom
 from .keda import render_scaled_object
-from ..build.identity import build_hash
-from ..schedules import DEFAULT_LEAD_SECONDS, lead_time
+from ..api.identity import build_hash
+from ..api.schedules import DEFAULT_LEAD_SECONDS, lead_time
 from .build_job import artifact_uri, render_build_job
 from .deployment import render_deployment
 from .disruption import render_pdb

@@ -10,7 +10,7 @@ import datetime as dt
 from typing import Any
 
 from ..api.spec import AutoscalingSpec
-from .. import schedules
+from ..api import schedules
 from . import names
 from .autoscaler import behavior
 from .owner import Owner

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ..api import FIELD_MANAGER
+
 MAX_LABEL = 63
 HASH_LEN = 8
 
@@ -20,7 +22,7 @@ ANNOTATION_BUILD_HASH = "peakserve.io/build-hash"
 ANNOTATION_BUILD_RESULT = "peakserve.io/build-result"
 LABEL_BUILD_HASH = "peakserve.io/build-hash"
 BUILD_COMPONENT = "model-build"
-MANAGER = "peakserve"
+MANAGER = FIELD_MANAGER
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 

@@ -1,0 +1,42 @@
+"""Act: carry out a Plan against the API server. The only writes of a reconcile pass happen here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from ..decide.plan import Plan
+from .client import ApiException, Kube, error_message
+
+log = logging.getLogger("peakserve.act")
+
+# (body of the ModelDeployment, event type, reason, message) -> None
+EventSink = Callable[[dict[str, Any], str, str, str], None]
+
+
+class Rejected(Exception):
+    """The API server refused a rendered child as invalid: the spec asks for something it cannot be."""
+
+
+def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> None:
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    try:
+        for obj in plan.dry_run:  # the API server's own validation, before anything changes
+            kube.apply(obj, dry_run=True)
+        for item in plan.applies:
+            kube.apply(item.obj, manager=item.manager)
+    except ApiException as err:
+        if err.status in (400, 422):
+            raise Rejected(error_message(err)) from err
+        raise
+    for patch in plan.patches:
+        kube.merge_patch(patch.api_version, patch.kind, namespace, patch.name, patch.patch)
+    for gone in plan.deletions:
+        kube.delete(gone.api_version, gone.kind, namespace, gone.name)
+    if plan.status_patch is None:
+        return
+    kube.patch_status(namespace, meta["name"], plan.status_patch)
+    for event in plan.events:
+        log.info("%s/%s %s (%s)", namespace, meta["name"], event.message, event.reason)
+        emit(body, event.type, event.reason, event.message)

@@ -1,0 +1,161 @@
+"""decide(spec, snapshot, now) -> Plan: the whole judgement of one reconcile pass, with no I/O.
+
+What it settles, in order:
+1. the build: the Job to create for the current spec's build hash, and where that build is;
+2. the autoscaling floor and engine, from the clock;
+3. whether the serving children converge this pass (a valid spec whose build, if any, passed), and
+   then: the rendered children, the replica hand-over to an HPA, the dry run of a new generation,
+   and the children to prune;
+4. status (conditions included), the Events of its transitions, and the next wake-up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ..api.identity import build_hash
+from ..api.spec import ModelDeploymentSpec
+from ..render import ScalingPlan, names, possible_children, render_children
+from ..render.build_job import artifact_uri, render_build_job
+from ..render.owner import Owner
+from ..render.service import endpoint
+from . import conditions
+from .build_job import BuildState, build_state, record_patch
+from .plan import HANDOVER_MANAGER, Apply, Delete, Event, Patch, Plan, status_dict
+from .scaling import ScalingDecision, decide_scaling
+from .snapshot import CHILD, ParsedSpec, Snapshot
+from .status import derive_status, merge_patch, same_status
+
+# Children whose content comes from free-form input (affinity, tolerations, quantities). The others are
+# built only from schema-checked fields, so the API server's dry run is spent on these alone.
+DRY_RUN_KINDS = ("Deployment", "HorizontalPodAutoscaler")
+
+
+def serving_hash(deployment: dict[str, Any] | None) -> str | None:
+    """The build hash the Triton pods run, from the Deployment's pod template."""
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    return ((template.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_BUILD_HASH)
+
+
+def owns_replicas(deployment: dict[str, Any] | None) -> bool:
+    """Whether peakserve's own apply last set the Deployment's replicas."""
+    for entry in (deployment or {}).get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == names.MANAGER and entry.get("operation") == "Apply":
+            if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+                return True
+    return False
+
+
+def handover(deployment: dict[str, Any] | None, desired: dict[str, Any]) -> Apply | None:
+    """Before peakserve stops applying spec.replicas, park the live value with another manager.
+
+    If the only manager of a field stops applying it, the API server removes the field and the
+    Deployment falls back to 1 replica. Parking it keeps the live count until the HPA takes the
+    field over (the documented SSA hand-over to an autoscaler).
+    """
+    if "replicas" in desired["spec"] or not owns_replicas(deployment):
+        return None
+    meta = deployment["metadata"]
+    return Apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                  "spec": {"replicas": deployment["spec"].get("replicas", 1)}}, manager=HANDOVER_MANAGER)
+
+
+def accepted(snap: Snapshot) -> bool:
+    """This generation was applied before (a drift check or a resume): no need to dry-run it again."""
+    ready = conditions.find(snap.previous_status.get("conditions"), conditions.READY)
+    return (snap.previous_status.get("observedGeneration") == snap.generation
+            and ready.get("reason") != conditions.INVALID_SPEC)
+
+
+def should_converge(snap: Snapshot, build: BuildState | None) -> bool:
+    """Spec, drift and wake-up passes converge everything. A child event converges only when the child's
+    change leaves the cluster short of the spec: the Deployment is missing, a build just passed and is
+    not served yet, or the current generation was never accepted (not applied yet, or refused by the API
+    server: the refusal is checked again rather than forgotten)."""
+    if snap.cause != CHILD or snap.deployment is None or not accepted(snap):
+        return True
+    return build is not None and serving_hash(snap.deployment) != build.hash
+
+
+def prune(owner: Owner, desired: list[dict[str, Any]], snap: Snapshot) -> list[Delete]:
+    """Children this spec no longer wants that exist, were read this pass, and are ours (owner uid)."""
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in desired}
+    seen = {(obj["kind"], obj["metadata"]["name"]): obj for slot in ("hpa", "scaled_object", "headroom")
+            if slot in snap.read and (obj := getattr(snap, slot)) is not None}
+    out = []
+    for api_version, kind, name in possible_children(owner.name):
+        obj = seen.get((kind, name))
+        if (kind, name) in wanted or obj is None:
+            continue
+        if any(ref.get("uid") == owner.uid for ref in obj["metadata"].get("ownerReferences") or []):
+            out.append(Delete(api_version, kind, name))
+    return out
+
+
+def _build(owner: Owner, spec: ModelDeploymentSpec, snap: Snapshot) -> tuple[BuildState, list[Apply], list[Patch]]:
+    bhash = build_hash(spec)
+    job_name = names.build_job_name(owner.name, bhash)
+    state = build_state(bhash, job_name, artifact_uri(spec, bhash), snap.build_job, snap.build_pods)
+    creates = [Apply(render_build_job(owner, spec, bhash))] if snap.build_job is None else []
+    record = record_patch(state)
+    patches = [Patch("batch/v1", "Job", job_name, record)] if record else []
+    return state, creates, patches
+
+
+def _observed(snap: Snapshot, spec: ModelDeploymentSpec | None, owner: Owner, invalid: str | None,
+              build: BuildState | None) -> conditions.Observed:
+    """What the conditions are derived from."""
+    serving = spec.serving if spec else None
+    return conditions.Observed(
+        generation=snap.generation, deployment=snap.deployment,
+        hpa=snap.hpa if spec and spec.autoscaling and not invalid else None, pods=list(snap.pods), invalid=invalid,
+        gpu_resource=serving.gpu_resource if serving else "nvidia.com/gpu", gpus=serving.gpus if serving else 1,
+        gpu_product=serving.gpu_product if serving else None, endpoint=endpoint(owner)["http"],
+        build=status_dict(build.status(serving_hash(snap.deployment))) if build else None)
+
+
+def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
+    owner = Owner.of(snap.body)
+    valid = spec if isinstance(spec, ModelDeploymentSpec) else None
+    invalid = None if valid else str(spec)
+    if valid and snap.rejected:
+        invalid = f"the API server rejected the rendered children: {snap.rejected}"
+    applies: list[Apply] = []
+    patches: list[Patch] = []
+    build = None
+    if valid and valid.build is not None:
+        build, creates, patches = _build(owner, valid, snap)
+        applies += creates
+    scaling: ScalingDecision | None = None
+    if valid and valid.autoscaling is not None:
+        pods = snap.pods if "pods" in snap.read else None
+        scaling = decide_scaling(valid.autoscaling, snap.keda_served, pods, snap.previous_status, now)
+    dry_run: list[dict[str, Any]] = []
+    deletions: list[Delete] = []
+    # A spec with a build rolls out only once its build passed; until then the current pods keep serving.
+    if valid and not snap.rejected and (build is None or build.passed) and should_converge(snap, build):
+        children = render_children(owner, valid, build.hash if build else None,
+                                   scaling.plan if scaling else ScalingPlan())
+        deployment = next(c for c in children if c["kind"] == "Deployment")
+        parked = handover(snap.deployment, deployment)
+        applies += ([parked] if parked else []) + [Apply(c) for c in children]
+        if not accepted(snap):
+            dry_run = [c for c in children if c["kind"] in DRY_RUN_KINDS]
+        deletions = prune(owner, children, snap)
+    status = derive_status(_observed(snap, valid, owner, invalid, build), owner, valid, build, scaling,
+                           serving_hash(snap.deployment), snap.previous_status, now)
+    return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
+                deletions=tuple(deletions), invalid=invalid,
+                wake_at=scaling.next_change if scaling else None,
+                **_status_write(snap.previous_status, status_dict(status)))
+
+
+def _status_write(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The status patch (None when nothing but timestamps would change) and the Events of its transitions."""
+    if same_status(previous, current):
+        return {"status_patch": None, "events": ()}
+    events = tuple(Event(conditions.event_type(c), c["reason"], f"{c['type']}={c['status']}: {c['message']}")
+                   for c in conditions.transitions(previous.get("conditions") or [], current["conditions"]))
+    return {"status_patch": merge_patch(previous, current), "events": events}
