@@ -78,4 +78,4 @@ step "A real request: the real tritonserver serves the built artifact (python ba
 artifact=$(kubectl get modeldeployment ranker -o jsonpath='{.status.build.hash}')
 $PY scripts/demo_request.py --repository "$store/artifacts/$artifact" --evaluation "$store/sources/ranker/evaluation.npz"
 
-printf '\nThe cluster and operator keep running. Explore with:\n  eval "$(%s dev env)"; kubectl get mdep\nStop everything with: make dev-down\n' "$DEV"
+printf '\nThe cluster and operator keep running. Explore with:\n  eval "$(%s env)"; kubectl get mdep\nStop everything with: make dev-down\n' "$DEV"

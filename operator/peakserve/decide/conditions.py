@@ -47,6 +47,7 @@ class Observed:
     gpu_product: str | None = None
     endpoint: str = ""
     build: dict[str, Any] | None = None  # status.build of the current spec's build, when spec.build is set
+    creating: bool = False               # this pass creates the Deployment (it did not exist when read)
 
 
 def find(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any]:
@@ -135,6 +136,8 @@ def _ready_condition(obs: Observed) -> tuple[str, str, str]:
             reason, message = _build_failure(obs)
             return "False", reason, message
         return "False", BUILDING, "Waiting for the model build to pass its gates before the first rollout."
+    if obs.deployment is None and obs.creating:
+        return "False", LOADING, "Creating the Triton Deployment; no replica is ready yet."
     if obs.deployment is None:
         return "Unknown", LOADING, "Waiting for the Triton Deployment to be created."
     if desired == 0:

@@ -105,15 +105,16 @@ def _build(owner: Owner, spec: ModelDeploymentSpec, snap: Snapshot) -> tuple[Bui
 
 
 def _observed(snap: Snapshot, spec: ModelDeploymentSpec | None, owner: Owner, invalid: str | None,
-              build: BuildState | None) -> conditions.Observed:
-    """What the conditions are derived from."""
+              build: BuildState | None, applies: list[Apply]) -> conditions.Observed:
+    """What the conditions are derived from: the snapshot, and what this pass is about to create."""
     serving = spec.serving if spec else None
     return conditions.Observed(
         generation=snap.generation, deployment=snap.deployment,
         hpa=snap.hpa if spec and spec.autoscaling and not invalid else None, pods=list(snap.pods), invalid=invalid,
         gpu_resource=serving.gpu_resource if serving else "nvidia.com/gpu", gpus=serving.gpus if serving else 1,
         gpu_product=serving.gpu_product if serving else None, endpoint=endpoint(owner)["http"],
-        build=status_dict(build.status(serving_hash(snap.deployment))) if build else None)
+        build=status_dict(build.status(serving_hash(snap.deployment))) if build else None,
+        creating=snap.deployment is None and any(a.obj["kind"] == "Deployment" for a in applies))
 
 
 def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
@@ -144,7 +145,7 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
         if not accepted(snap):
             dry_run = [c for c in children if c["kind"] in DRY_RUN_KINDS]
         deletions = prune(owner, children, snap)
-    status = derive_status(_observed(snap, valid, owner, invalid, build), owner, valid, build, scaling,
+    status = derive_status(_observed(snap, valid, owner, invalid, build, applies), owner, valid, build, scaling,
                            serving_hash(snap.deployment), snap.previous_status, now)
     return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
                 deletions=tuple(deletions), invalid=invalid,
