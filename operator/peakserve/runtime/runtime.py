@@ -53,12 +53,9 @@ class Runtime:
         try:
             with self._locks.setdefault(key, threading.Lock()):  # setdefault: one lock even when two race
                 plan = self._pass(namespace, name, cause)
-        except ApiException as err:
-            metrics.RECONCILE_ERRORS.labels(error=f"http_{err.status}").inc()
-            metrics.RECONCILES.labels(result="error").inc()
-            raise
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(error="exception").inc()
+        except Exception as err:  # counted here, retried by kopf or the next drift pass
+            kind = f"http_{err.status}" if isinstance(err, ApiException) else "exception"
+            metrics.RECONCILE_ERRORS.labels(error=kind).inc()
             metrics.RECONCILES.labels(result="error").inc()
             raise
         finally:
