@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from .controlplane.cluster import free_port
+from .loopback import free_port
 
 
 # peakserve as this virtualenv has it (the dev install, with every extra).

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from peakserve.api.validation import InvalidSpec, parse_spec
+from peakserve.api.validation import spec_or_reason
 from peakserve.decide import decide
 from peakserve.decide.snapshot import Snapshot, first_reads, second_reads
 from peakserve.yamlio import dump
@@ -40,16 +40,9 @@ def snapshot_of(case: dict[str, Any]) -> Snapshot:
                     read=frozenset(read), rejected=case.get("rejected"), **slots)
 
 
-def parsed(snap: Snapshot):
-    try:
-        return parse_spec(snap.body.get("spec"))
-    except InvalidSpec as err:
-        return err
-
-
 def plan_of(case: dict[str, Any]) -> dict[str, Any]:
     snap = snapshot_of(case)
-    spec = parsed(snap)
+    spec = spec_or_reason(snap.body.get("spec"))
     now = dt.datetime.fromisoformat(case.get("now", DEFAULT_NOW).replace("Z", "+00:00"))
     plan = decide(spec, snap, now)
     summary = plan.summary()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from peakserve.api import validation
 from peakserve.api.schedules import lead_time, window
 from peakserve.planner import cli
 from peakserve.planner.trace import load, loads
@@ -177,8 +178,8 @@ def test_every_cel_rule_of_autoscaling_has_its_twin():
     autoscaling = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
         "autoscaling"]
     schedule = autoscaling["properties"]["schedules"]["items"]
-    assert {r["rule"] for r in autoscaling["x-kubernetes-validations"]} == set(cli.AUTOSCALING_RULES)
-    assert {r["rule"] for r in schedule["x-kubernetes-validations"]} == set(cli.SCHEDULE_RULES)
+    assert {r["rule"] for r in autoscaling["x-kubernetes-validations"]} == set(validation.AUTOSCALING_RULES)
+    assert {r["rule"] for r in schedule["x-kubernetes-validations"]} == set(validation.SCHEDULE_RULES)
     assert autoscaling["properties"]["schedules"]["x-kubernetes-list-map-keys"] == ["name"]
 
 

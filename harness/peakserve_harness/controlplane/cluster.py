@@ -22,6 +22,7 @@ from typing import Callable
 
 from . import binaries
 from ..cache import cache_root
+from ..loopback import free_port
 from .certs import FRONT_PROXY_CLIENT, make_pki
 from .kwok_stages import kwok_config
 from .nodes import DEFAULT_NODES, KWOK_ANNOTATION, GpuNode, node_manifest
@@ -33,12 +34,6 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 def default_dir() -> Path:
     return cache_root() / "dev"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..controlplane.cluster import free_port
+from ..loopback import free_port
 
 START_ATTEMPTS = 3
 

@@ -18,10 +18,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ..loopback import DIRECT
 from .loopback_process import LoopbackProcess
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -29,8 +29,6 @@ APT_PACKAGE = "prometheus"
 SCRAPE_INTERVAL = "1s"
 TRITON_JOB = "triton"
 
-# Local endpoints only: never through an HTTP proxy from the environment.
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def ensure_installed(log=print) -> Path:
@@ -119,7 +117,7 @@ class PrometheusProcess(LoopbackProcess):
 
     def probe(self) -> bool:
         try:
-            with _NO_PROXY.open(f"{self.url}/-/ready", timeout=2) as resp:
+            with DIRECT.open(f"{self.url}/-/ready", timeout=2) as resp:
                 return resp.status == 200
         except urllib.error.URLError:
             return False
@@ -152,7 +150,7 @@ class PrometheusProcess(LoopbackProcess):
     def _api(self, path: str, params: Mapping[str, str] | None = None, timeout: float = 10) -> object:
         url = f"{self.url}/api/v1/{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
         try:
-            with _NO_PROXY.open(url, timeout=timeout) as resp:
+            with DIRECT.open(url, timeout=timeout) as resp:
                 body = json.loads(resp.read())
         except urllib.error.HTTPError as err:
             body = json.loads(err.read() or b"{}")

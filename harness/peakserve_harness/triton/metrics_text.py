@@ -6,13 +6,12 @@ Not a Triton client (that is :mod:`peakserve.loadgen.client`); only the standard
 from __future__ import annotations
 
 import re
-import urllib.request
+
+from ..loopback import DIRECT
 
 Labels = frozenset  # frozenset of (label, value) pairs
 Metrics = dict[tuple[str, Labels], float]
 
-# Local endpoints only: never through an HTTP proxy from the environment.
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def scrape_metrics(metrics_url: str, *, timeout_s: float = 10.0) -> str:
@@ -20,7 +19,7 @@ def scrape_metrics(metrics_url: str, *, timeout_s: float = 10.0) -> str:
     url = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
     if not url.rstrip("/").endswith("/metrics"):
         url = url.rstrip("/") + "/metrics"
-    with _NO_PROXY.open(url, timeout=timeout_s) as r:
+    with DIRECT.open(url, timeout=timeout_s) as r:
         return r.read().decode()
 
 

@@ -28,12 +28,11 @@ import threading
 import time
 import uuid
 import urllib.error
-import urllib.request
 import weakref
 from pathlib import Path
 from typing import Sequence
 
-from ..controlplane.cluster import free_port
+from ..loopback import DIRECT, free_port
 from .install import TritonPaths, tritonserver_paths
 
 _PORT_IN_USE = re.compile(r"already in use", re.IGNORECASE)
@@ -41,8 +40,6 @@ _ERROR_LINE = re.compile(r"^(E\d{4} |error: )")
 _BENIGN = ("CudaDriverHelper has not been initialized",)  # no GPU here: always logged
 _START_ATTEMPTS = 3  # fresh ports after a lost port race
 
-# Local endpoints only: never through an HTTP proxy from the environment.
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 _reserved: set[int] = set()  # ports handed to servers of this process and not yet released
 _reserved_lock = threading.Lock()
@@ -232,14 +229,14 @@ class LocalTriton:
 
     def _is_ours(self) -> bool:
         try:
-            with _NO_PROXY.open(f"{self.http_url}/v2", timeout=2) as r:
+            with DIRECT.open(f"{self.http_url}/v2", timeout=2) as r:
                 return json.loads(r.read()).get("name") == self.server_id
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
     def is_ready(self) -> bool:
         try:
-            with _NO_PROXY.open(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+            with DIRECT.open(f"{self.http_url}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False

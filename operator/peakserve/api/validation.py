@@ -34,6 +34,14 @@ def parse_spec(raw: Any) -> ModelDeploymentSpec:
     return spec
 
 
+def spec_or_reason(raw: Any) -> ModelDeploymentSpec | InvalidSpec:
+    """parse_spec, with an invalid spec returned as its reason instead of raised (what decide takes)."""
+    try:
+        return parse_spec(raw)
+    except InvalidSpec as err:
+        return err
+
+
 def check_semantics(spec: ModelDeploymentSpec) -> None:
     """Rules that span fields the CEL rules cannot see together, or that are cheaper to state here."""
     batching = spec.serving.dynamic_batching
@@ -49,13 +57,42 @@ def check_semantics(spec: ModelDeploymentSpec) -> None:
         raise InvalidSpec(f"spec.model inputs/outputs repeat tensor names {duplicates}")
 
 
+# The CEL rules of spec.autoscaling (api/spec.py), each rule's text -> the same test. The API server
+# enforces them at `kubectl apply`; a file given to `peakserve plan` never meets it. Messages and field
+# paths are the CRD's own, read from the models; tests/unit/test_planner_cli.py checks every rule has its twin.
+AUTOSCALING_RULES = {
+    "self.minReplicas <= self.maxReplicas": lambda a: a.min_replicas <= a.max_replicas,
+    "self.metric != 'gpuUtilization' || self.target <= 100":
+        lambda a: a.metric != "gpuUtilization" or a.target <= 100,
+    "self.schedules.all(s, s.minReplicas <= self.maxReplicas)":
+        lambda a: all(s.min_replicas <= a.max_replicas for s in a.schedules),
+}
+SCHEDULE_RULES = {
+    # Strings compare as CEL compares them; LOCAL_TIME_PATTERN makes that the order in time.
+    "self.end > self.start": lambda s: s.end > s.start,
+}
+
+
+def _check_cel(model: pydantic.BaseModel, rules: dict, where: str) -> None:
+    for rule in type(model).model_config["json_schema_extra"]["x-kubernetes-validations"]:
+        if not rules[rule["rule"]](model):
+            raise InvalidSpec(f"{where}{rule.get('fieldPath', '')}: {rule['message']}")
+
+
 def parse_autoscaling(raw: Any) -> AutoscalingSpec:
-    """spec.autoscaling alone, refused as parse_spec would refuse it (`peakserve plan -f` reads no more)."""
+    """spec.autoscaling alone, refused where the API server (schema and CEL) or parse_spec would refuse it:
+    what `peakserve plan -f` reads, without an API server in between."""
     try:
         autoscaling = AutoscalingSpec.model_validate(raw)
     except pydantic.ValidationError as err:
         raise InvalidSpec(_describe(err, "spec.autoscaling")) from None
     check_autoscaling(autoscaling)
+    _check_cel(autoscaling, AUTOSCALING_RULES, "spec.autoscaling")
+    names = [s.name for s in autoscaling.schedules]
+    for i, schedule in enumerate(autoscaling.schedules):
+        if schedule.name in names[:i]:  # a list-map keyed by name
+            raise InvalidSpec(f"spec.autoscaling.schedules[{i}].name: duplicate value {schedule.name!r}")
+        _check_cel(schedule, SCHEDULE_RULES, f"spec.autoscaling.schedules[{i}]")
     return autoscaling
 
 

@@ -50,8 +50,8 @@ def derive_status(obs: conditions.Observed, owner: Owner, spec: ModelDeploymentS
         "endpoint": endpoint(owner),
         "precision": _served_precision(spec, build, serving_hash, previous),
     }
-    if build is not None:
-        status["build"] = status_dict(build.status(serving_hash))
+    if obs.build is not None:  # status.build of this pass, as the conditions saw it
+        status["build"] = obs.build
     elif spec is None and previous.get("build"):  # memory: see the module docstring
         status["build"] = previous["build"]
     if scaling is not None:

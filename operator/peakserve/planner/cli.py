@@ -109,49 +109,20 @@ def _kubectl_loader():
     return Loader
 
 
-# The CEL rules of spec.autoscaling (api/spec.py), which the API server enforces at `kubectl apply` but a
-# file given to `peakserve plan` never meets: each rule's text -> the same test. Messages and field paths
-# are the CRD's own, read from the models; tests/unit/test_plan_cli.py checks every rule has its twin.
-AUTOSCALING_RULES = {
-    "self.minReplicas <= self.maxReplicas": lambda a: a.min_replicas <= a.max_replicas,
-    "self.metric != 'gpuUtilization' || self.target <= 100":
-        lambda a: a.metric != "gpuUtilization" or a.target <= 100,
-    "self.schedules.all(s, s.minReplicas <= self.maxReplicas)":
-        lambda a: all(s.min_replicas <= a.max_replicas for s in a.schedules),
-}
-SCHEDULE_RULES = {
-    # Strings compare as CEL compares them; LOCAL_TIME_PATTERN makes that the order in time.
-    "self.end > self.start": lambda s: s.end > s.start,
-}
-
-
-def _check_cel(model, rules: dict, where: str) -> None:
-    for rule in type(model).model_config["json_schema_extra"]["x-kubernetes-validations"]:
-        if not rules[rule["rule"]](model):
-            raise PlanError(f"{where}{rule.get('fieldPath', '')}: {rule['message']}")
-
-
 def _autoscaling(spec: dict[str, Any]):
-    """spec.autoscaling (None when the spec has none), refused where the CRD or the operator would refuse it:
-    the schema (the operator's models), the CEL rules, and the operator's own checks (api/validation.py)."""
+    """spec.autoscaling (None when the spec has none), refused where the CRD or the operator would refuse it
+    (api/validation.parse_autoscaling)."""
     from ..api.validation import InvalidSpec, parse_autoscaling
 
     raw = spec.get("autoscaling")
     if raw is None:
         return None
     try:
-        autoscaling = parse_autoscaling(raw)
+        return parse_autoscaling(raw)
     except InvalidSpec as err:
         hint = ("; a schedule's start and end are local times YYYY-MM-DDTHH:MM:SS, without an offset, in its "
                 "timezone" if re.search(r"\.schedules\.\d+\.(start|end):", str(err)) else "")
         raise PlanError(f"{err}{hint}") from None
-    _check_cel(autoscaling, AUTOSCALING_RULES, "spec.autoscaling")
-    names = [s.name for s in autoscaling.schedules]
-    for i, schedule in enumerate(autoscaling.schedules):
-        if schedule.name in names[:i]:  # a list-map keyed by name
-            raise PlanError(f"spec.autoscaling.schedules[{i}].name: duplicate value {schedule.name!r}")
-        _check_cel(schedule, SCHEDULE_RULES, f"spec.autoscaling.schedules[{i}]")
-    return autoscaling
 
 
 def _batch_delay(spec: dict[str, Any] | None) -> float:

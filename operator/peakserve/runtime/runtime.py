@@ -12,26 +12,17 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any
 
-from ..api.validation import InvalidSpec, parse_spec
+from ..api.validation import spec_or_reason
 from ..cluster.act import EventSink, Rejected, act
 from ..cluster.client import ApiException, Kube
 from ..cluster.observe import Discovery, observe, read_model_deployment
 from ..decide import WAKE, decide
 from ..decide.conditions import READY
 from ..decide.plan import Plan
-from ..decide.snapshot import ParsedSpec
 from . import metrics
 
 log = logging.getLogger("peakserve.runtime")
-
-
-def _parse(body: dict[str, Any]) -> ParsedSpec:
-    try:
-        return parse_spec(body.get("spec"))
-    except InvalidSpec as err:
-        return err
 
 
 class Runtime:
@@ -71,7 +62,7 @@ class Runtime:
         body = read_model_deployment(self.kube, namespace, name)
         if body is None:
             return None
-        spec = _parse(body)
+        spec = spec_or_reason(body.get("spec"))
         snapshot = observe(self.kube, body, spec, cause, self.discovery)
         now = dt.datetime.now(dt.timezone.utc)
         plan = decide(spec, snapshot, now)
