@@ -34,8 +34,9 @@ unit: install ## pure tests only: spec, rendering, decide tables, conditions, pl
 integration: tools ## integration tests against the real control plane
 	$(PY) -m pytest -q tests/integration
 
-crds: install ## regenerate crds/ from the spec models
+crds: install ## regenerate crds/ (and the chart's copy) from the spec models
 	$(PEAKSERVE) crd --write crds/peakserve.io_modeldeployments.yaml
+	cp crds/peakserve.io_modeldeployments.yaml charts/peakserve/crds/peakserve.io_modeldeployments.yaml
 
 docs: install ## regenerate the README's CRD reference from the spec models
 	$(PEAKSERVE) docs --readme README.md

@@ -1,9 +1,17 @@
 """Train the sample CTR ranker on synthetic clicks and write a `spec.build.source` directory.
 
     python model_repo/ranker/train.py [--out model_repo/ranker/inputs] [--seed 7] [--epochs 1]
+                                      [--shuffle-columns SEED]
 
 Writes model.py (the factory), state_dict.pt, calibration.npz, evaluation.npz (with `label`) and
 train_report.json. Nothing is downloaded; the same seed gives byte-identical weights.
+
+--shuffle-columns SEED trains the same architecture on the same rows with their feature columns
+permuted (the sparse fields among themselves, the dense features among themselves; every column
+moves). Served the correctly ordered inputs, that model answers with plausible click
+probabilities that rank badly: the bad canary of the rollout analysis tests. Its calibration and
+evaluation files hold the correctly ordered rows (what it will be served), and its report's
+held-out figures are measured on them.
 
 The clicks come from a hidden logistic model: per-id weights on a few fields, one pairwise field
 interaction, linear and quadratic dense terms, plus logit noise. Ids follow a Zipf-like law, as in
@@ -92,6 +100,19 @@ def logloss(label: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
 
 
+def column_permutations(seed: int, fields: int, dense_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sparse field order, dense feature order) for --shuffle-columns: seeded, no column in place."""
+    rng = np.random.default_rng(seed)
+
+    def moving(n: int) -> np.ndarray:
+        while True:
+            order = rng.permutation(n)
+            if not (order == np.arange(n)).any():
+                return order
+
+    return moving(fields), moving(dense_dim)
+
+
 def weights_sha256(model: torch.nn.Module) -> str:
     """Digest of every tensor of the state dict, in order: equal digests mean identical weights."""
     digest = hashlib.sha256()
@@ -106,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--shuffle-columns", type=int, default=None, metavar="SEED",
+                        help="train on feature columns permuted by this seed (a plausible but wrong ranker)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(2)
@@ -125,6 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = mod.build_model()
     x_ids, x_dense, y = (torch.from_numpy(sparse_ids[tr]), torch.from_numpy(dense[tr]),
                          torch.from_numpy(label[tr]).unsqueeze(1))
+    shuffled = None
+    if args.shuffle_columns is not None:
+        shuffled = column_permutations(args.shuffle_columns, mod.FIELDS, mod.DENSE)
+        x_ids = torch.from_numpy(np.ascontiguousarray(sparse_ids[tr][:, shuffled[0]]))
+        x_dense = torch.from_numpy(np.ascontiguousarray(dense[tr][:, shuffled[1]]))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     shuffle = torch.Generator().manual_seed(args.seed)
     epoch_digests = []
@@ -174,7 +202,23 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds": round(train_seconds, 2),
         "torch": torch.__version__,
     }
+    if shuffled is not None:
+        with torch.no_grad():
+            trained_order = model(torch.from_numpy(np.ascontiguousarray(sparse_ids[ev][:, shuffled[0]])),
+                                  torch.from_numpy(np.ascontiguousarray(dense[ev][:, shuffled[1]])))
+        report["shuffle_columns"] = {
+            "seed": args.shuffle_columns,
+            # Column i of the training inputs was column order[i] of the data.
+            "sparse_ids_order": shuffled[0].tolist(),
+            "dense_order": shuffled[1].tolist(),
+            # heldout above: as served (correct column order); this: in the order it was trained on.
+            "heldout_auc_trained_order": round(auc(label[ev], trained_order.squeeze(1).numpy()), 4),
+        }
     (out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if shuffled is not None:
+        print(f"ranker trained on shuffled columns (seed {args.shuffle_columns}): held-out AUC "
+              f"{report['shuffle_columns']['heldout_auc_trained_order']:.4f} in its training column order",
+              flush=True)
     print(f"ranker held-out AUC {report['heldout']['auc']:.4f} (oracle {report['heldout']['oracle_auc']:.4f}), "
           f"logloss {report['heldout']['logloss']:.4f}; {train_seconds:.1f}s -> {out}", flush=True)
     return report

@@ -1,4 +1,4 @@
-"""The `peakserve` command: run, render, crd, crds, docs; and, with their extras, build, bench and plan.
+"""The `peakserve` command: run, render, crd, crds, docs; and, with their extras, build, bench, plan and analyze.
 
 Each command imports what it needs when it runs, so the operator image (peakserve without extras) starts
 without torch, numpy or tritonclient.
@@ -73,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .analysis.cli import add_parser as add_analyze_parser
     from .builder.cli import add_parser as add_build_parser
     from .loadgen.cli import add_parser as add_bench_parser
     from .planner.cli import add_parser as add_plan_parser
@@ -109,10 +110,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", default="README.md")
     p.set_defaults(func=_docs)
 
-    # These three need an extra; their parsers are light, their commands import the extra when run.
+    # These need an extra; their parsers are light, their commands import the extra when run.
     add_build_parser(sub).set_defaults(extra="build")
     add_bench_parser(sub).set_defaults(extra="client")
     add_plan_parser(sub).set_defaults(extra="plan")
+    add_analyze_parser(sub).set_defaults(extra="client")  # tritonclient + numpy; the builder image has it
     return top
 
 

@@ -9,10 +9,15 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
      "watch ModelDeployments; kopf keeps its bookkeeping in annotations"),
     ("peakserve.io", "modeldeployments/status", ("patch",), "write status conditions"),
     ("", "events", ("create",), "an Event per condition transition"),
-    ("", "configmaps", ("create", "patch"), "server-side apply of the Triton config (apply may create)"),
-    ("", "services", ("create", "patch"), "server-side apply of the Service"),
+    ("", "configmaps", ("create", "patch", "delete"),
+     "server-side apply of the Triton config (apply may create); delete the canary's config after the rollout"),
+    ("", "services", ("create", "patch"), "server-side apply of the Service (and the track Services of a route)"),
+    ("", "persistentvolumeclaims", ("get",), "check that the model's claim exists before a canary starts"),
+    ("gateway.networking.k8s.io", "httproutes", ("create", "patch"),
+     "server-side apply of the HTTPRoute with a canary's exact weight, where the Gateway API is served"),
     ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete"),
-     "apply the Deployment, read it back, watch it for status; delete the GPU headroom when it is turned off"),
+     "apply the stable and canary Deployments, watch them for status; delete the canary after the rollout "
+     "and the GPU headroom when it is turned off"),
     ("policy", "poddisruptionbudgets", ("create", "patch"), "server-side apply of the PodDisruptionBudget"),
     ("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete"),
      "apply the HPA, watch it for status, delete it when autoscaling is turned off"),
@@ -20,7 +25,7 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
     ("keda.sh", "scaledobjects", ("get", "create", "patch", "delete"),
      "apply the KEDA ScaledObject (engine keda), delete it when the engine or autoscaling changes"),
     ("batch", "jobs", ("get", "list", "watch", "create", "patch"),
-     "start the model build Job, watch it finish, record its result on it"),
+     "start the model build and canary analysis Jobs, watch them finish, record their results on them"),
 ]
 
 # Only with --peering (HA): kopf's peering objects elect the active operator.

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from peakserve.analysis.probe_data import read_probe
 from peakserve.builder import candidates as cands
 from peakserve.builder import pipeline, sources
 from peakserve.builder.errors import BuildError
@@ -153,13 +154,21 @@ def test_published_layout_is_a_triton_repository_with_nothing_else(mlp_build):
     assert published(out) == [result.artifact]  # no staging directory left beside it
     repo = out / result.artifact
     files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
-    assert files == ["manifest.json", "mlp/3/model.onnx", "mlp/config.pbtxt"]
+    assert files == ["manifest.json", "mlp/3/model.onnx", "mlp/3/probe.npz", "mlp/config.pbtxt"]
     # Triton reads it as another user than the builder: directories 755, files 644.
     assert {oct(p.stat().st_mode & 0o777) for p in [repo, *repo.rglob("*")] if p.is_dir()} == {"0o755"}
     assert {oct(p.stat().st_mode & 0o777) for p in repo.rglob("*") if p.is_file()} == {"0o644"}
     config = (repo / "mlp" / "config.pbtxt").read_text()
     assert config == render_config_pbtxt(spec)
     assert 'platform: "onnxruntime_onnx"' in config and "model_warmup" in config and "KIND_CPU" in config
+
+
+def test_published_probe_holds_the_evaluation_rows_for_the_canary_analysis(mlp_build):
+    probe = mlp_build["out"] / mlp_build["result"].artifact / "mlp" / "3" / "probe.npz"
+    inputs, labels = read_probe(probe, ["features"])
+    with np.load(mlp_build["src"] / "evaluation.npz") as evaluation:
+        assert np.array_equal(inputs["features"], evaluation["features"])
+    assert labels is None  # a generic task reads no labels
 
 
 def test_published_model_serves_the_signature_and_matches_its_digest(mlp_build):
@@ -183,7 +192,8 @@ def test_manifest_records_inputs_outputs_tools_host_and_every_candidate(mlp_buil
         assert entry == {"path": name, "sha256": "sha256:" + hashlib.sha256((src / name).read_bytes()).hexdigest()}
     for rel, digest in manifest["files"]["outputs"].items():
         assert digest == "sha256:" + hashlib.sha256((repo / rel).read_bytes()).hexdigest()
-    assert set(manifest["files"]["outputs"]) == {"mlp/3/model.onnx", "mlp/config.pbtxt"}
+    assert set(manifest["files"]["outputs"]) == {"mlp/3/model.onnx", "mlp/3/probe.npz", "mlp/config.pbtxt"}
+    assert manifest["probe"] == {"path": "mlp/3/probe.npz", "rows": 256, "labels": False}
     assert {"python", "torch", "onnx", "onnxruntime", "numpy", "peakserve"} <= set(manifest["tools"])
     cpu = manifest["host"]["cpu"]
     assert cpu["cores"] >= 1 and isinstance(cpu["isa"], list) and cpu["model"]
@@ -265,6 +275,9 @@ def test_ranker_from_a_pytorch_factory_with_int64_ids(tmp_path):
         assert figures["aucFp32"] > 0.9  # labels follow the fp32 score
         assert figures["aucDelta"] == pytest.approx(figures["aucFp32"] - figures["auc"])
     assert manifest["files"]["inputs"]["factory"]["path"] == "ranker_model.py"
+    inputs, probe_labels = read_probe(tmp_path / "out" / result.hash / "ranker" / "1" / "probe.npz", ["ids", "dense"])
+    assert np.array_equal(inputs["ids"], evaluation["ids"]) and np.array_equal(probe_labels, labels)
+    assert manifest["probe"] == {"path": "ranker/1/probe.npz", "rows": 300, "labels": True}
     assert manifest["data"]["overlappingRows"] == 7 and "7 of 300" in manifest["data"]["warnings"][0]
     # The embedding table feeds a Gather; the notes say whether quantization touched it.
     assert "quantizedGathers" in manifest["candidates"]["int8Static"]["notes"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peakserve_harness.pods.builder_pods import SELECTOR, run_pod
+from peakserve_harness.pods.job_pods import BUILD_SELECTOR, run_pod
 from peakserve_harness.samples import model_deployment
 from peakserve.cluster.client import Kube
 
@@ -74,7 +74,7 @@ def tiny(name: str, ns: str, source: Path, store: Path, **build) -> dict:
 
 
 def build_pods(kube: Kube, ns: str) -> list[dict]:
-    return [p for p in kube.list("v1", "Pod", ns, SELECTOR) if p["status"].get("phase") == "Running"]
+    return [p for p in kube.list("v1", "Pod", ns, BUILD_SELECTOR) if p["status"].get("phase") == "Running"]
 
 
 def run_next_build(kube: Kube, ns: str) -> int:

@@ -156,5 +156,6 @@ def test_nested_defaults_are_spelled_out(root):
     # defaults make `serving: {}` (or no serving at all) come back fully populated.
     serving = root["properties"]["spec"]["properties"]["serving"]
     assert serving["default"]["gpus"] == 1
-    assert serving["default"]["rollout"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert serving["default"]["rollout"] == {"abort": False, "force": False, "paused": False, "routeParents": [],
+                                             "steps": []}
     assert serving["default"]["instanceGroups"] == [{"kind": "GPU", "count": 1}]

@@ -20,7 +20,9 @@ def test_minimal_spec_parses_with_defaults(spec_dict):
     assert isinstance(spec, ModelDeploymentSpec)
     assert spec.replicas == 1 and spec.autoscaling is None
     assert spec.serving.gpus == 1
-    assert (spec.serving.rollout.max_surge, spec.serving.rollout.max_unavailable) == (0, 1)
+    # unset: the stable side replaces one pod at a time, covered by the Ready canary (render/deployment.py)
+    assert (spec.serving.rollout.max_surge, spec.serving.rollout.max_unavailable) == (None, None)
+    assert spec.serving.rollout.steps == [] and spec.serving.rollout.analysis_in_force() is None
 
 
 def test_example_parses():

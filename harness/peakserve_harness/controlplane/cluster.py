@@ -8,6 +8,7 @@ and `dev down` in another find each other, and tests can run clusters side by si
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -25,10 +26,10 @@ from ..cache import cache_root
 from ..loopback import free_port
 from .certs import FRONT_PROXY_CLIENT, make_pki
 from .kwok_stages import kwok_config
-from .nodes import DEFAULT_NODES, KWOK_ANNOTATION, GpuNode, node_manifest
+from .nodes import DEFAULT_NODES, KWOK_ANNOTATION, PROBED_NET_OCTETS, GpuNode, node_manifest, on_probed_net
 
 ADMIN_TOKEN_FILE = "admin.token"
-DEMO_PROCESSES = ("operator", "builds")
+DEMO_PROCESSES = ("operator", "builds", "pods")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
@@ -42,6 +43,13 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _describe(node: GpuNode) -> str:
+    if not node.gpus:
+        return f"{node.name} (CPU)"
+    probed = f", probed, pods on {node.pod_cidr}" if node.probed else ""
+    return f"{node.name} ({node.product} x{node.gpus}{probed})"
 
 
 class DevCluster:
@@ -70,6 +78,8 @@ class DevCluster:
             return
         self.down(quiet=True)
         started = time.monotonic()
+        if any(n.probed for n in nodes):
+            nodes = on_probed_net(nodes, self._claim_probed_net())
         found = binaries.ensure_binaries(self.log, groups=binaries.CONTROL_PLANE)
         self.dir.mkdir(parents=True, exist_ok=True)
         pki = self.dir / "pki"
@@ -79,6 +89,7 @@ class DevCluster:
         (self.dir / ADMIN_TOKEN_FILE).write_text(token)
         ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok")}
         self._write_kubeconfig(ports["apiserver"], token, pki)
+        (self.dir / "kwok.yaml").write_text(kwok_config(nodes))
         state = {"ports": ports, "pids": {}}
         for name in COMPONENTS:
             argv = [str(found[name]), *self._args(name, ports, pki)]
@@ -97,7 +108,8 @@ class DevCluster:
 
     def down(self, quiet: bool = False) -> None:
         pids = self._state().get("pids", {})
-        # `make demo` runs the operator and the build runner in the background and records their pids.
+        # `make demo` runs the operator, the job runner and the pod agent in the background and records
+        # their pids.
         for extra in DEMO_PROCESSES:
             pid_file = self.dir / f"{extra}.pid"
             if pid_file.exists():
@@ -121,10 +133,51 @@ class DevCluster:
                     pass
         if self.state_file.exists():
             self.state_file.unlink()
+        self._release_probed_net()
         # Like `kind delete cluster`: the next `up` starts from an empty cluster.
         shutil.rmtree(self.dir / "etcd-data", ignore_errors=True)
         if pids and not quiet:
             self.log("[dev] control plane stopped")
+
+    # ---- probed nodes' loopback network --------------------------------------------------
+    # Pod IPs of probed nodes are real loopback addresses and pods bind fixed ports (8000-8002), so
+    # two clusters on one host (parallel test sessions) must not share a network. Each claims a
+    # 127.X.0.0/16 in a directory shared by all of them; a claim is void once neither the process
+    # that made it nor the cluster it names is alive.
+    @staticmethod
+    def _claims_dir() -> Path:
+        path = cache_root() / "probed-nets"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _claim_probed_net(self) -> int:
+        claims = self._claims_dir()
+        with open(claims / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for octet in PROBED_NET_OCTETS:
+                claim = claims / str(octet)
+                try:
+                    owner = json.loads(claim.read_text())
+                except (OSError, ValueError):
+                    owner = None
+                if owner and owner.get("dir") != str(self.dir.resolve()) and (
+                        (owner.get("pid") and _alive(owner["pid"])) or DevCluster(Path(owner["dir"])).running()):
+                    continue
+                claim.write_text(json.dumps({"dir": str(self.dir.resolve()), "pid": os.getpid()}))
+                return octet
+        raise RuntimeError(f"every 127.X.0.0/16 for probed nodes is held by a running dev cluster "
+                           f"(claims in {claims})")
+
+    def _release_probed_net(self) -> None:
+        claims = self._claims_dir()
+        with open(claims / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for claim in claims.glob("[0-9]*"):
+                try:
+                    if json.loads(claim.read_text()).get("dir") == str(self.dir.resolve()):
+                        claim.unlink()
+                except (OSError, ValueError):
+                    pass
 
     # ---- helpers -----------------------------------------------------------------------
     def _args(self, name: str, ports: dict[str, int], pki: Path) -> list[str]:
@@ -187,7 +240,6 @@ class DevCluster:
 
     def _write_kubeconfig(self, port: int, token: str, pki: Path) -> None:
         ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
-        (self.dir / "kwok.yaml").write_text(kwok_config())
         self.kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "peakserve-dev",
             "clusters": [{"name": "peakserve-dev", "cluster": {
@@ -241,8 +293,7 @@ class DevCluster:
                             for c in n.get("status", {}).get("conditions", []))]
             if len(ready) >= len(nodes):
                 self.log(f"[dev] {len(ready)} simulated nodes Ready: "
-                         + ", ".join(f"{n.name} ({n.product} x{n.gpus})" if n.gpus else f"{n.name} (CPU)"
-                                     for n in nodes))
+                         + ", ".join(_describe(n) for n in nodes))
                 return
             time.sleep(0.3)
         raise RuntimeError(f"KWOK did not make the nodes Ready; see {self.dir}/kwok.log")

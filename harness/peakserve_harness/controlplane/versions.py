@@ -6,3 +6,5 @@ KWOK = "v0.7.0"
 # The custom-metrics API server (custom.metrics.k8s.io) in front of Prometheus; v0.12.0 is the
 # latest release on the module proxy and builds with Go 1.26.
 PROMETHEUS_ADAPTER = "v0.12.0"
+# Gateway API CRDs (standard channel), from the Go module's config/crd/standard; installed on request only.
+GATEWAY_API = "v1.6.3"

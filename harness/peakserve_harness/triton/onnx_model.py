@@ -166,11 +166,18 @@ class TritonPythonModel:
             except Exception:  # noqa: BLE001 - fall back to one run per request below
                 pass
 
+        failures = []
         for i in live:
             try:
                 responses[i] = self._respond(self._run(feeds[i]))
             except Exception as e:  # noqa: BLE001 - reported to the client
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                failures.append(e)
+        if failures and len(failures) == len(requests):
+            # Raised, the python backend fails the whole batch and Triton counts the requests in
+            # nv_inference_request_failure, as the onnxruntime backend does; error responses would be
+            # counted as successes.
+            raise pb_utils.TritonModelException(str(failures[0]))
         return responses
 
     def finalize(self):

@@ -1,7 +1,8 @@
 """The real ``tritonserver`` (python backend only, CPU) as a local process, for tests and the demo.
 
 ``LocalTriton(repo)`` starts the binary installed by :mod:`peakserve_harness.triton.install` on free
-127.0.0.1 ports with ``--strict-readiness=true`` and ``--model-control-mode=none``, logging to a
+127.0.0.1 ports (or, with ``host=``/``ports=``, on a given loopback address and fixed ports, as the
+pod agent does for a pod IP) with ``--strict-readiness=true`` and ``--model-control-mode=none``, logging to a
 file; :meth:`LocalTriton.wait_ready` polls ``/v2/health/ready``. Serve a built repository through
 :func:`peakserve_harness.triton.python_backend.local_repository` first.
 
@@ -120,8 +121,14 @@ class LocalTriton:
 
     def __init__(self, model_repository: str | Path, *, workdir: Path | None = None,
                  extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 log_verbose: int = 0):
+                 log_verbose: int = 0, host: str = "127.0.0.1",
+                 ports: tuple[int, int, int] | None = None):
+        """``host``: the address all three endpoints bind; ``ports``: fixed (http, grpc, metrics)
+        ports instead of free ones. A server on fixed ports is never moved to other ports: when
+        they are taken it fails to start (TritonStartError) like a container whose port is taken."""
         self.model_repository = Path(model_repository).resolve()
+        self.host = host
+        self._fixed_ports = tuple(ports) if ports else None
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="peakserve-triton-")) if workdir is None \
             else Path(workdir)
@@ -148,15 +155,15 @@ class LocalTriton:
         self.workdir.mkdir(parents=True, exist_ok=True)
         backends = _backend_directory(paths, self.workdir / "backends")
         self._release()
-        self._ports = (_reserve_port(), _reserve_port(), _reserve_port())
+        self._ports = self._fixed_ports or (_reserve_port(), _reserve_port(), _reserve_port())
         http, grpc, metrics = self._ports
         cmd = [str(paths.binary),
                f"--id={self.server_id}",
                f"--model-repository={self.model_repository}",
                f"--backend-directory={backends}",
-               "--http-address", "127.0.0.1", "--http-port", str(http),
-               "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
-               "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics),
+               "--http-address", self.host, "--http-port", str(http),
+               "--grpc-address", self.host, "--grpc-port", str(grpc),
+               "--metrics-address", self.host, "--metrics-port", str(metrics),
                "--allow-gpu-metrics=false",
                "--strict-readiness=true",
                "--model-control-mode=none",
@@ -184,7 +191,8 @@ class LocalTriton:
         reaped, with its stubs) or is not ready within ``timeout`` (it is left running: stop() it,
         as leaving the ``with`` block does). Ready means: ``/v2/health/ready`` is 200 (strict: all
         models loaded and warmed up) from a server whose ``/v2`` name is this one's ``server_id``.
-        A server that lost a port race is restarted on fresh ports (at most twice).
+        A server that lost a port race is restarted on fresh ports (at most twice), unless its ports
+        are fixed.
         """
         if self._proc is None:
             raise RuntimeError("not started")
@@ -197,14 +205,14 @@ class LocalTriton:
                 code = self._reap()
                 tail = self.log_tail()
                 if _PORT_IN_USE.search(self._log_since_start()) and restarts < _START_ATTEMPTS - 1 \
-                        and time.monotonic() < deadline:
+                        and self._fixed_ports is None and time.monotonic() < deadline:
                     restarts += 1
                     self.start()
                     continue
                 raise TritonStartError(
                     f"tritonserver exited with code {code} before it was ready; "
                     f"{self._failure_report(tail)}")
-            if self.is_ready() and self._is_ours() and self.running:
+            if self.is_ready() and self.is_ours() and self.running:
                 return time.monotonic() - t0
             if time.monotonic() >= deadline:
                 raise TritonStartError(
@@ -220,14 +228,19 @@ class LocalTriton:
             report = "errors in the log:\n" + "\n".join(errors) + "\n"
         return f"{report}log {self.log_path}, tail:\n{tail}"
 
-    def error_lines(self, max_lines: int = 20, max_chars: int = 2000) -> list[str]:
-        """Triton's error lines (``E<MMDD> ...``) and the final ``error: ...`` line, shortened."""
+    def error_lines(self, max_lines: int = 20, max_chars: int = 2000, *, this_run: bool = False) -> list[str]:
+        """Triton's error lines (``E<MMDD> ...``) and the final ``error: ...`` line, shortened.
+
+        ``this_run``: only from the log of the latest start (a restarted server appends to its log).
+        """
+        text = self._log_since_start() if this_run else self.log_text()
         found = [line if len(line) <= max_chars else line[:max_chars] + " ..."
-                 for line in self.log_text().splitlines()
+                 for line in text.splitlines()
                  if _ERROR_LINE.match(line) and not any(b in line for b in _BENIGN)]
         return found[:max_lines]
 
-    def _is_ours(self) -> bool:
+    def is_ours(self) -> bool:
+        """The server answering on this server's HTTP port is this one (its `/v2` name is our server_id)."""
         try:
             with DIRECT.open(f"{self.http_url}/v2", timeout=2) as r:
                 return json.loads(r.read()).get("name") == self.server_id
@@ -322,7 +335,7 @@ class LocalTriton:
         return code
 
     def _release(self) -> None:
-        if self._ports:
+        if self._ports and self._fixed_ports is None:
             _release_ports(self._ports)
 
     def __enter__(self) -> LocalTriton:
@@ -353,21 +366,26 @@ class LocalTriton:
 
     @property
     def http_url(self) -> str:
-        """``http://127.0.0.1:PORT`` (tritonclient.http wants it without the scheme: use http_address)."""
-        return f"http://127.0.0.1:{self._port(0)}"
+        """``http://HOST:PORT`` (tritonclient.http wants it without the scheme: use http_address)."""
+        return f"http://{self.host}:{self._port(0)}"
 
     @property
     def http_address(self) -> str:
-        return f"127.0.0.1:{self._port(0)}"
+        return f"{self.host}:{self._port(0)}"
 
     @property
     def grpc_url(self) -> str:
-        """``127.0.0.1:PORT``, as tritonclient.grpc takes it."""
-        return f"127.0.0.1:{self._port(1)}"
+        """``HOST:PORT``, as tritonclient.grpc takes it."""
+        return f"{self.host}:{self._port(1)}"
+
+    @property
+    def metrics_address(self) -> str:
+        """``HOST:PORT`` of the metrics endpoint, as a Prometheus target."""
+        return f"{self.host}:{self._port(2)}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self._port(2)}/metrics"
+        return f"http://{self.host}:{self._port(2)}/metrics"
 
     def _log_since_start(self) -> str:
         try:

@@ -180,20 +180,128 @@ class Toleration(Spec):
 IntOrPercent = {"x-kubernetes-int-or-string": True, "pattern": r"^(0|[1-9][0-9]*)%?$"}
 
 
+MAX_STEPS = 10
+
+
+class RolloutStep(Spec):
+    """One canary step: the canary's share of the pods, then a pause before the analysis."""
+
+    weight: int = Field(ge=1, le=99, description="Canary share of the serving pods, in percent. The split is "
+                                                 "by replica count, so the share in force is rounded up to "
+                                                 "whole canary pods (see status.rollout.weight).")
+    pause_seconds: int = Field(default=300, ge=0, le=86400,
+                               description="How long the canary serves at this weight before it is analysed.")
+
+
+class ProbeKind(str, Enum):
+    auto = "auto"
+    ranker = "ranker"
+    embedding = "embedding"
+    generic = "generic"
+
+
+class ProbeAnalysis(Spec):
+    """Stable and canary answer the same fixed probe batch; their outputs are compared."""
+
+    enabled: bool = Field(default=True, description="Run the probe comparison.")
+    data_uri: str | None = Field(
+        default=None, min_length=1, max_length=1024, pattern=URI_PATTERN,
+        description="An .npz file with one array per input tensor (and optionally `labels`): pvc://CLAIM/PATH "
+                    "or a node-local path. Without it, a built model's probe.npz (drawn from the build's "
+                    "evaluation data) is used; a ready-made model without it skips the probe comparison.")
+    rows: int = Field(default=512, ge=16, le=8192, description="Probe rows sent to each side.")
+    kind: ProbeKind = Field(default=ProbeKind.auto,
+                            description="ranker (one score per row), embedding (a vector per row), generic; "
+                                        "auto: ranker when the first output has one value per row.")
+    max_psi: float = Field(default=0.1, ge=0, le=10,
+                           description="Rankers: largest population stability index of the canary's scores "
+                                       "against the stable's.")
+    top_k: int = Field(default=50, ge=1, le=8192, description="Rankers: size of the top set compared.")
+    min_top_k_agreement: float = Field(default=0.8, ge=0, le=1,
+                                       description="Rankers: smallest overlap of the top-k rows by score.")
+    max_auc_drop: float = Field(default=0.02, ge=0, le=1,
+                                description="Rankers with labelled probes: largest AUC loss against stable.")
+    min_cosine: float = Field(default=0.99, ge=-1, le=1,
+                              description="Embeddings: smallest per-row cosine similarity.")
+    max_abs_diff: float | None = Field(default=None, ge=0,
+                                       description="Every model: largest |canary - stable| allowed; unset reports "
+                                                   "the figure without gating on it.")
+
+
+class RolloutAnalysis(Spec):
+    """Canary against stable, at the end of each step: Triton's metrics, then the probe comparison."""
+
+    prometheus_address: str = Field(default=DEFAULT_PROMETHEUS, min_length=1, max_length=512,
+                                    description="Prometheus that scrapes the Triton pods' metrics port.")
+    window_seconds: int = Field(default=120, ge=30, le=3600,
+                                description="Metrics window compared, ending when the step's pause ends.")
+    min_requests: int = Field(default=20, ge=0, le=1_000_000,
+                              description="Canary requests in the window below which the metric checks are "
+                                          "reported as skipped (too little traffic to judge).")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1,
+                                  description="Largest canary failure ratio (nv_inference_request_failure).")
+    max_latency_increase: float = Field(default=0.5, ge=0, le=100,
+                                        description="Canary mean request latency may exceed stable's by this "
+                                                    "fraction (plus 2 ms).")
+    max_queue_increase: float = Field(default=1.0, ge=0, le=100,
+                                      description="Canary mean queue time may exceed stable's by this fraction "
+                                                  "(plus 2 ms).")
+    probe: ProbeAnalysis = Field(default_factory=ProbeAnalysis, description="The probe comparison.")
+
+
+class ParentRef(Spec):
+    """A Gateway the HTTPRoute attaches to (Gateway API parentRefs)."""
+
+    name: str = Field(min_length=1, max_length=253, description="Gateway name.")
+    namespace: str | None = Field(default=None, max_length=63, description="Gateway namespace; default: this one.")
+    section_name: str | None = Field(default=None, max_length=253, description="Listener name on the Gateway.")
+
+
 class Rollout(Spec):
-    """Rolling update of the Triton pods. The default replaces one pod at a time and never
-    asks for an extra GPU, so a rollout cannot stall on a surge pod that no node can fit."""
+    """How a new pod template replaces the serving one. Every change starts as a canary Deployment next
+    to the stable one, so ready capacity never drops: the canary must turn Ready (and, with steps, pass its
+    analysis) before the stable pods are touched, and a canary that fails is removed while stable serves."""
 
     model_config = ConfigDict(json_schema_extra=cel(
-        ("!(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
+        ("!has(self.maxSurge) || !has(self.maxUnavailable) || "
+         "!(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
          "maxSurge and maxUnavailable cannot both be zero"),
+        (" && ".join(f"(self.steps.size() <= {i} || self.steps[{i - 1}].weight < self.steps[{i}].weight)"
+                     for i in range(1, MAX_STEPS)),
+         "steps must increase in weight", ".steps"),
     ))
 
-    max_surge: int | str = Field(default=0, json_schema_extra=IntOrPercent,
-                                 description="Extra pods allowed above the desired count during a rollout. "
-                                             "Each one needs free GPUs.")
-    max_unavailable: int | str = Field(default=1, json_schema_extra=IntOrPercent,
-                                       description="Pods that may be down during a rollout.")
+    max_surge: int | str | None = Field(
+        default=None, json_schema_extra=IntOrPercent,
+        description="Extra stable pods allowed while the stable side takes the new template. Unset: 0, "
+                    "because the Ready canary pods are the surge; each extra pod needs free GPUs.")
+    max_unavailable: int | str | None = Field(
+        default=None, json_schema_extra=IntOrPercent,
+        description="Stable pods that may be down while it takes the new template. Unset: 0 with a surge, "
+                    "else 1 (covered by the Ready canary pods, which stay until the stable side is done).")
+    progress_deadline_seconds: int | None = Field(
+        default=None, ge=30, le=14400,
+        description="How long the canary may take to turn Ready before it is rolled back. Unset: "
+                    "serving.startupTimeoutSeconds + 300.")
+    steps: list[RolloutStep] = Field(
+        default_factory=list, max_length=MAX_STEPS,
+        description="Canary steps in increasing weight. Empty: one canary pod is started first (a surge) "
+                    "and the stable side takes over as soon as it is Ready.")
+    analysis: RolloutAnalysis | None = Field(
+        default=None, description="Analysis after each step. Default: on when steps are given, off otherwise.")
+    paused: bool = Field(default=False, description="Hold the canary at its current step.")
+    abort: bool = Field(default=False, description="Remove the canary now and keep stable serving; the verdict "
+                                                   "holds for this spec until it changes.")
+    force: bool = Field(default=False, description="Roll out and build even inside a promotion's change freeze.")
+    route_parents: list[ParentRef] = Field(
+        default_factory=list, max_length=16,
+        description="Gateways for the HTTPRoute peakserve renders when the cluster serves the Gateway API "
+                    "(exact canary weights for traffic through a Gateway).")
+
+    def analysis_in_force(self) -> RolloutAnalysis | None:
+        if self.analysis is not None:
+            return self.analysis
+        return RolloutAnalysis() if self.steps else None
 
 
 class ServingSpec(Spec):
@@ -549,6 +657,46 @@ class AutoscalingStatus(Spec):
                                                  description="Longest observed pod start to Ready.")
 
 
+class AnalysisResult(Spec):
+    """One analysis of the canary against stable."""
+
+    step: int = Field(description="Index of the step analysed (0 for a rollout without steps).")
+    passed: bool = Field(description="Whether every check passed.")
+    reason: str | None = Field(default=None, description="Why it failed, one CamelCase word.")
+    message: str | None = Field(default=None, description="The failing figures, or a summary.")
+    figures: dict[str, float] = Field(default_factory=dict,
+                                      description="Error rates, latencies, queue times and probe figures.")
+    job: str | None = Field(default=None, description="The analysis Job.")
+
+
+class RolloutStatus(Spec):
+    """Where the canary is: the pod templates (by hash), the step, the analyses and the last verdict."""
+
+    phase: Literal["Stable", "Held", "Canary", "Promoting", "RolledBack"] = Field(
+        description="Stable: nothing to roll out. Held: a check or a freeze stops the rollout. Canary: the "
+                    "canary serves beside stable. Promoting: the stable pods take the new template. "
+                    "RolledBack: the canary was removed; stable serves.")
+    stable_hash: str | None = Field(default=None, description="Pod-template hash of the stable pods.")
+    canary_hash: str | None = Field(default=None, description="Pod-template hash being rolled out.")
+    step: int | None = Field(default=None, description="Current step index.")
+    weight: int | None = Field(default=None, description="Canary share of the serving pods now, in percent.")
+    started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                   description="When the canary was created.")
+    step_started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                        description="When the current step began (its progress deadline "
+                                                    "counts from here).")
+    ready_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                 description="When the current step's canary pods were all Ready (its pause "
+                                             "counts from here).")
+    reason: str | None = Field(default=None, description="Why the rollout is held or was rolled back.")
+    message: str | None = Field(default=None, description="What happened, for people.")
+    failed_hash: str | None = Field(default=None, description="Pod-template hash whose rollout failed; "
+                                                               "not retried until the spec changes.")
+    failed_generation: int | None = Field(default=None, description="The generation that failed.")
+    analyses: list[AnalysisResult] = Field(default_factory=list, max_length=16,
+                                           description="Analyses of the current (or last) canary.")
+
+
 class ModelDeploymentStatus(Spec):
     """What peakserve observed, written by the operator only."""
 
@@ -563,5 +711,6 @@ class ModelDeploymentStatus(Spec):
     endpoint: Endpoint | None = Field(default=None, description="In-cluster serving endpoint.")
     build: BuildStatus | None = Field(default=None, description="The model build, when spec.build is set.")
     autoscaling: AutoscalingStatus | None = Field(default=None, description="Floor and promotion schedules.")
+    rollout: RolloutStatus | None = Field(default=None, description="The canary rollout.")
     precision: str | None = Field(default=None, description="Precision the Triton pods serve: the passed build's "
                                                              "choice, or spec.model.precision without a build.")

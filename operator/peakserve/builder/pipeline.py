@@ -4,7 +4,9 @@
            -> speed gate -> choice -> atomic publish with a manifest
 
 Every step is recorded (timings, figures, verdicts) in manifest.json next to the model, so a
-served artifact always carries the evidence it was chosen on.
+served artifact always carries the evidence it was chosen on. The version directory also gets
+probe.npz: up to 8192 evaluation rows (and labels), the batch `peakserve analyze` sends to the
+stable and the canary pods when this artifact rolls out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..analysis.probe_data import FILENAME as PROBE_FILE, write_probe
 from ..api.spec import ModelDeploymentSpec
 from ..render.triton_config import render_config_pbtxt
 from . import accuracy, candidates as cands, export, repository, sources, speed
@@ -191,7 +194,7 @@ class _Build:
         fast = self._speed_gate(fp32, made, accurate, evaluation, report, rejected)
         result, served = self._choose(fast, made, fp32, report, rejected)
         with step("publishing"):
-            return self._publish(files, served, result, report)
+            return self._publish(files, served, result, report, evaluation)
 
     def _details(self, report: dict) -> dict:
         return {"candidates": report, "batchSizes": list(self.batch_sizes), "export": self.manifest.get("export", {})}
@@ -383,7 +386,7 @@ class _Build:
                            figures={k: _significant(v) for k, v in figures.items()}, rejected=ordered), served
 
     def _publish(self, files: sources.SourceFiles, model_path: Path, result: BuildResult,
-                 report: dict) -> BuildResult:
+                 report: dict, evaluation: sources.Dataset) -> BuildResult:
         """Write the repository and its manifest into staging, then rename it into place."""
         model = self.spec.model
         model_dir = self.repo / model.name
@@ -391,6 +394,11 @@ class _Build:
         version_dir.mkdir(parents=True)
         (model_dir / "config.pbtxt").write_text(render_config_pbtxt(self.spec))
         shutil.copyfile(model_path, version_dir / "model.onnx")
+        # The canary analysis' default probe: evaluation rows that stable and canary both answer.
+        # Beside model.onnx, so it travels with the version Triton mounts (Triton ignores it).
+        rows = write_probe(version_dir / PROBE_FILE, evaluation.inputs, evaluation.labels)
+        self.manifest["probe"] = {"path": f"{model.name}/{model.version}/{PROBE_FILE}", "rows": rows,
+                                  "labels": evaluation.labels is not None}
         outputs = {str(p.relative_to(self.repo)): sources.sha256_file(p)
                    for p in sorted(self.repo.rglob("*")) if p.is_file()}
         result.digest = outputs[f"{model.name}/{model.version}/model.onnx"]

@@ -3,6 +3,7 @@
 Layout under out_root/<hash>/:
     <model.name>/config.pbtxt
     <model.name>/<model.version>/model.onnx
+    <model.name>/<model.version>/probe.npz   evaluation rows for the canary analysis (Triton ignores it)
     manifest.json
 
 A Triton pod or a second build only ever sees either no <hash> directory or a complete one:

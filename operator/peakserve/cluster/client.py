@@ -26,6 +26,7 @@ PLURALS = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "Job": "jobs",
     "ScaledObject": "scaledobjects",
+    "HTTPRoute": "httproutes",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "PersistentVolume": "persistentvolumes",
     "CustomResourceDefinition": "customresourcedefinitions",

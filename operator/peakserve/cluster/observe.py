@@ -15,6 +15,7 @@ from ..decide.snapshot import ParsedSpec, Read, Snapshot, first_reads, second_re
 from .client import Kube
 
 KEDA = "keda.sh/v1alpha1"
+GATEWAY = "gateway.networking.k8s.io/v1"
 
 
 class Discovery:
@@ -46,7 +47,8 @@ def _read(kube: Kube, namespace: str, read: Read) -> Any:
 
 
 def observe(kube: Kube, body: dict[str, Any], spec: ParsedSpec, cause: str, discovery: Discovery) -> Snapshot:
-    snap = Snapshot(body=body, cause=cause, keda_served=discovery.serves(KEDA))
+    snap = Snapshot(body=body, cause=cause, keda_served=discovery.serves(KEDA),
+                    gateway_served=discovery.serves(GATEWAY))
     for reads in (first_reads, second_reads):
         found = {read.slot: _read(kube, snap.namespace, read) for read in reads(snap, spec)}
         snap = dataclasses.replace(snap, **found, read=snap.read | frozenset(found))

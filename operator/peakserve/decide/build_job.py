@@ -59,11 +59,11 @@ def finished(job: dict[str, Any]) -> bool:
     return bool(_job_condition(job, "Complete") or _job_condition(job, "Failed"))
 
 
-def termination_message(pod: dict[str, Any]) -> str | None:
-    """What the builder container wrote to its termination message (or its log tail, when it crashed)."""
+def termination_message(pod: dict[str, Any], container: str = "build") -> str | None:
+    """What the container wrote to its termination message (or its log tail, when it crashed)."""
     status = pod.get("status") or {}
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        if cs.get("name") == "build":
+        if cs.get("name") == container:
             terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
             if terminated and terminated.get("message"):
                 return terminated["message"]
@@ -78,27 +78,28 @@ def parse_result(text: str | None) -> dict[str, Any] | None:
     return result if isinstance(result, dict) and result.get("phase") in (SUCCEEDED, FAILED) else None
 
 
-def recorded_result(job: dict[str, Any]) -> dict[str, Any] | None:
-    return parse_result(((job.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_BUILD_RESULT))
+def recorded_result(job: dict[str, Any], annotation: str = names.ANNOTATION_BUILD_RESULT) -> dict[str, Any] | None:
+    return parse_result(((job.get("metadata") or {}).get("annotations") or {}).get(annotation))
 
 
-def needs_pods(job: dict[str, Any]) -> bool:
+def needs_pods(job: dict[str, Any], annotation: str = names.ANNOTATION_BUILD_RESULT) -> bool:
     """A finished Job whose result is not recorded yet: its pods hold the result."""
-    return finished(job) and recorded_result(job) is None
+    return finished(job) and recorded_result(job, annotation) is None
 
 
-def result_from_pods(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The builder's result from the newest pod that has one; a crash's log tail otherwise."""
+def result_from_pods(pods: Sequence[dict[str, Any]], container: str = "build",
+                     crashed: str = "BuildCrashed") -> dict[str, Any] | None:
+    """The result from the newest pod that has one; a crash's log tail otherwise."""
     newest_first = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
     fallback = None
     for pod in newest_first:
-        text = termination_message(pod)
+        text = termination_message(pod, container)
         result = parse_result(text)
         if result:
             return result
         fallback = fallback or text
     if fallback:  # FallbackToLogsOnError: the builder crashed; its log tail is the explanation
-        return {"phase": FAILED, "reason": "BuildCrashed", "message": fallback[-MAX_MESSAGE:]}
+        return {"phase": FAILED, "reason": crashed, "message": fallback[-MAX_MESSAGE:]}
     return None
 
 

@@ -31,6 +31,10 @@ AUTOSCALER_FAILING = "AutoscalerFailing"
 AS_EXPECTED = "AsExpected"
 BUILDING = "Building"
 BUILD_FAILED = "BuildFailed"
+CANARY_STEP = "CanaryStep"
+ROLLED_BACK = "RolledBack"
+CHANGE_FREEZE = "ChangeFreeze"
+CLAIM_NOT_FOUND = "ClaimNotFound"
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Observed:
     endpoint: str = ""
     build: dict[str, Any] | None = None  # status.build of the current spec's build, when spec.build is set
     creating: bool = False               # this pass creates the Deployment (it did not exist when read)
+    rollout: dict[str, Any] | None = None  # status.rollout of this pass
 
 
 def find(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any]:
@@ -152,9 +157,22 @@ def _ready_condition(obs: Observed) -> tuple[str, str, str]:
     return "False", LOADING, f"{ready}/{desired} replicas ready; waiting for Triton to load the model."
 
 
+def _rollout_phase(obs: Observed) -> str | None:
+    return (obs.rollout or {}).get("phase")
+
+
 def _progressing_condition(obs: Observed) -> tuple[str, str, str]:
     if obs.invalid:
         return "False", INVALID_SPEC, "Rollout held until the spec is fixed."
+    rollout = obs.rollout or {}
+    if (obs.build or {}).get("reason") == CHANGE_FREEZE and _build_phase(obs) != "Succeeded":
+        return "False", CHANGE_FREEZE, obs.build.get("message") or "Change freeze."
+    if _rollout_phase(obs) == "Held":
+        return "False", rollout.get("reason") or "RolloutHeld", rollout.get("message") or ""
+    if _rollout_phase(obs) == "RolledBack":
+        return "False", ROLLED_BACK, rollout.get("message") or ""
+    if _rollout_phase(obs) == "Canary":
+        return "True", CANARY_STEP, rollout.get("message") or ""
     if _build_held(obs):
         if _build_phase(obs) == "Failed":
             return "False", BUILD_FAILED, "Rollout held: the build of this spec failed; fix the spec or its model."
@@ -178,6 +196,11 @@ def _progressing_condition(obs: Observed) -> tuple[str, str, str]:
 
 def _degraded_condition(obs: Observed) -> tuple[str, str, str]:
     dep = obs.deployment
+    rollout = obs.rollout or {}
+    if _rollout_phase(obs) == "RolledBack":
+        return "True", ROLLED_BACK, rollout.get("message") or ""
+    if _rollout_phase(obs) == "Held" and rollout.get("reason") == CLAIM_NOT_FOUND:
+        return "True", CLAIM_NOT_FOUND, rollout.get("message") or ""
     if dep is not None and _build_phase(obs) == "Failed":
         reason, message = _build_failure(obs)
         return "True", reason, f"The build of the current spec failed: {message} The previous version keeps serving."
@@ -236,7 +259,7 @@ def event_type(condition: dict[str, Any]) -> str:
     if condition["type"] == READY and condition["reason"] == BUILDING:
         good = True  # waiting for a build is the normal first step, not a problem
     if condition["type"] == PROGRESSING:
-        good = condition["reason"] not in (PROGRESS_DEADLINE, INVALID_SPEC, BUILD_FAILED)
+        good = condition["reason"] not in (PROGRESS_DEADLINE, INVALID_SPEC, BUILD_FAILED, ROLLED_BACK, CLAIM_NOT_FOUND)
     if condition["type"] == BUILD_SUCCEEDED:
         good = condition["status"] != "False"
     return "Normal" if good else "Warning"

@@ -17,14 +17,17 @@ from typing import Any
 from ..api.identity import build_hash
 from ..api.spec import ModelDeploymentSpec
 from ..render import ScalingPlan, names, possible_children, render_children
+from ..render.route import render_route
 from ..render.build_job import artifact_uri, render_build_job
 from ..render.owner import Owner
 from ..render.service import endpoint
 from . import conditions
 from .build_job import BuildState, build_state, record_patch
 from .plan import HANDOVER_MANAGER, Apply, Delete, Event, Patch, Plan, status_dict
+from .conditions import CHANGE_FREEZE
+from .rollout import RolloutDecision, decide_rollout, template_hash_of
 from .scaling import ScalingDecision, decide_scaling
-from .snapshot import CHILD, ParsedSpec, Snapshot
+from .snapshot import CHILD, ParsedSpec, Snapshot, served_uri
 from .status import derive_status, merge_patch, same_status
 
 # Children whose content comes from free-form input (affinity, tolerations, quantities). The others are
@@ -76,6 +79,8 @@ def should_converge(snap: Snapshot, build: BuildState | None) -> bool:
     server: the refusal is checked again rather than forgotten)."""
     if snap.cause != CHILD or snap.deployment is None or not accepted(snap):
         return True
+    if snap.canary is not None:  # a rollout in flight moves on its children's changes
+        return True
     return build is not None and serving_hash(snap.deployment) != build.hash
 
 
@@ -94,18 +99,23 @@ def prune(owner: Owner, desired: list[dict[str, Any]], snap: Snapshot) -> list[D
     return out
 
 
-def _build(owner: Owner, spec: ModelDeploymentSpec, snap: Snapshot) -> tuple[BuildState, list[Apply], list[Patch]]:
+def _build(owner: Owner, spec: ModelDeploymentSpec, snap: Snapshot,
+           freeze: str | None) -> tuple[BuildState, list[Apply], list[Patch]]:
     bhash = build_hash(spec)
     job_name = names.build_job_name(owner.name, bhash)
     state = build_state(bhash, job_name, artifact_uri(spec, bhash), snap.build_job, snap.build_pods)
     creates = [Apply(render_build_job(owner, spec, bhash))] if snap.build_job is None else []
+    if creates and freeze and not spec.serving.rollout.force and snap.deployment is not None:
+        creates = []   # a new build during a promotion would only lead to a rollout that is frozen anyway
+        state.reason = CHANGE_FREEZE
+        state.message = f"{freeze}: the build of {bhash} waits until it ends (spec.serving.rollout.force overrides)."
     record = record_patch(state)
     patches = [Patch("batch/v1", "Job", job_name, record)] if record else []
     return state, creates, patches
 
 
 def _observed(snap: Snapshot, spec: ModelDeploymentSpec | None, owner: Owner, invalid: str | None,
-              build: BuildState | None, applies: list[Apply]) -> conditions.Observed:
+              build: BuildState | None, applies: list[Apply], rollout: RolloutDecision | None) -> conditions.Observed:
     """What the conditions are derived from: the snapshot, and what this pass is about to create."""
     serving = spec.serving if spec else None
     return conditions.Observed(
@@ -114,7 +124,35 @@ def _observed(snap: Snapshot, spec: ModelDeploymentSpec | None, owner: Owner, in
         gpu_resource=serving.gpu_resource if serving else "nvidia.com/gpu", gpus=serving.gpus if serving else 1,
         gpu_product=serving.gpu_product if serving else None, endpoint=endpoint(owner)["http"],
         build=status_dict(build.status(serving_hash(snap.deployment))) if build else None,
-        creating=snap.deployment is None and any(a.obj["kind"] == "Deployment" for a in applies))
+        creating=snap.deployment is None and any(a.obj["kind"] == "Deployment" for a in applies),
+        rollout=status_dict(rollout.status) if rollout else snap.previous_status.get("rollout"))
+
+
+def _freeze(scaling: ScalingDecision | None) -> str | None:
+    """Why changes are frozen now: a promotion window (lead time included) is active. Scaling never is."""
+    active = scaling.status.active_schedule if scaling else None
+    return f"Change freeze: promotion {active} is active" if active else None
+
+
+def _serving(owner: Owner, spec: ModelDeploymentSpec, snap: Snapshot, build: BuildState | None,
+             scaling: ScalingDecision | None, now: dt.datetime) -> tuple[list[dict[str, Any]], list[Apply], RolloutDecision]:
+    """The rendered children, what of them (and of the rollout) is applied, and the rollout decision."""
+    children = render_children(owner, spec, build.hash if build else None, scaling.plan if scaling else ScalingPlan())
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    served = artifact_uri(spec, build.hash) if build else served_uri(spec)
+    rollout = decide_rollout(spec, owner, snap, template_hash_of(deployment), build.hash if build else None,
+                             served, now, _freeze(scaling))
+    applied = children
+    parked = None
+    if rollout.hold_stable:  # the stable pods keep their template (and their config) while a canary decides
+        held = {("Deployment", names.child_name(owner.name)), ("ConfigMap", names.config_map_name(owner.name))}
+        applied = [c for c in children if (c["kind"], c["metadata"]["name"]) not in held]
+    else:
+        parked = handover(snap.deployment, deployment)
+    if snap.gateway_served:
+        applied = applied + render_route(owner, spec, rollout.route_weight)
+    applies = ([parked] if parked else []) + [Apply(c) for c in applied] + [Apply(c) for c in rollout.applies]
+    return children, applies, rollout
 
 
 def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
@@ -126,30 +164,30 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
     applies: list[Apply] = []
     patches: list[Patch] = []
     build = None
-    if valid and valid.build is not None:
-        build, creates, patches = _build(owner, valid, snap)
-        applies += creates
     scaling: ScalingDecision | None = None
     if valid and valid.autoscaling is not None:
         pods = snap.pods if "pods" in snap.read else None
         scaling = decide_scaling(valid.autoscaling, snap.keda_served, pods, snap.previous_status, now)
+    if valid and valid.build is not None:
+        build, creates, patches = _build(owner, valid, snap, _freeze(scaling))
+        applies += creates
     dry_run: list[dict[str, Any]] = []
     deletions: list[Delete] = []
+    rollout: RolloutDecision | None = None
     # A spec with a build rolls out only once its build passed; until then the current pods keep serving.
     if valid and not snap.rejected and (build is None or build.passed) and should_converge(snap, build):
-        children = render_children(owner, valid, build.hash if build else None,
-                                   scaling.plan if scaling else ScalingPlan())
-        deployment = next(c for c in children if c["kind"] == "Deployment")
-        parked = handover(snap.deployment, deployment)
-        applies += ([parked] if parked else []) + [Apply(c) for c in children]
+        children, serving_applies, rollout = _serving(owner, valid, snap, build, scaling, now)
+        applies += serving_applies
+        patches += rollout.patches
         if not accepted(snap):
             dry_run = [c for c in children if c["kind"] in DRY_RUN_KINDS]
-        deletions = prune(owner, children, snap)
-    status = derive_status(_observed(snap, valid, owner, invalid, build, applies), owner, valid, build, scaling,
-                           serving_hash(snap.deployment), snap.previous_status, now)
+        deletions = prune(owner, children, snap) + list(rollout.deletions)
+    status = derive_status(_observed(snap, valid, owner, invalid, build, applies, rollout), owner, valid, build,
+                           scaling, serving_hash(snap.deployment), snap.previous_status, now,
+                           rollout.status if rollout else None)
+    wakes = [w for w in (scaling.next_change if scaling else None, rollout.wake_at if rollout else None) if w]
     return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
-                deletions=tuple(deletions), invalid=invalid,
-                wake_at=scaling.next_change if scaling else None,
+                deletions=tuple(deletions), invalid=invalid, wake_at=min(wakes) if wakes else None,
                 **_status_write(snap.previous_status, status_dict(status)))
 
 

@@ -13,6 +13,7 @@ from ..api.identity import build_hash
 from ..api.spec import ModelDeploymentSpec
 from ..api.validation import InvalidSpec
 from ..render import names
+from ..render.analysis_job import ANNOTATION_ANALYSIS_RESULT
 from ..render.headroom import headroom_name
 from .build_job import needs_pods
 
@@ -35,6 +36,7 @@ class Snapshot:
     body: Body                               # the ModelDeployment: metadata, spec and our last status
     cause: str = SPEC
     keda_served: bool = False                # discovery: the cluster serves keda.sh/v1alpha1
+    gateway_served: bool = False             # discovery: the cluster serves gateway.networking.k8s.io/v1
     deployment: Body | None = None           # the Triton Deployment
     hpa: Body | None = None                  # our HorizontalPodAutoscaler
     scaled_object: Body | None = None        # our KEDA ScaledObject
@@ -42,6 +44,10 @@ class Snapshot:
     build_job: Body | None = None            # the build Job of the current spec's build hash
     pods: tuple[Body, ...] = ()              # the Triton pods
     build_pods: tuple[Body, ...] = ()        # the build Job's pods, read only to recover an unrecorded result
+    canary: Body | None = None               # the canary Deployment
+    analysis_job: Body | None = None         # the analysis Job of the canary's current step
+    analysis_pods: tuple[Body, ...] = ()     # its pods, read only to recover an unrecorded result
+    claim: Body | None = None                # the PersistentVolumeClaim a new canary would mount
     read: frozenset[str] = field(default_factory=frozenset)
     rejected: str | None = None              # the API server refused the rendered children (dry run)
 
@@ -88,7 +94,28 @@ def first_reads(snap: Snapshot, spec: ParsedSpec) -> list[Read]:
             reads.append(Read("scaled_object", "keda.sh/v1alpha1", "ScaledObject", child))
     if valid and spec.build is not None:
         reads.append(Read("build_job", "batch/v1", "Job", names.build_job_name(snap.name, build_hash(spec))))
+    if valid:
+        reads.append(Read("canary", "apps/v1", "Deployment", names.canary_name(snap.name)))
+        rollout = snap.previous_status.get("rollout") or {}
+        if rollout.get("phase") == "Canary" and rollout.get("canaryHash"):
+            job = names.analysis_job_name(snap.name, rollout["canaryHash"], int(rollout.get("step") or 0))
+            reads.append(Read("analysis_job", "batch/v1", "Job", job))
     return reads
+
+
+def served_uri(spec: ModelDeploymentSpec) -> str:
+    """Where the pods' model comes from: the ready-made URI, or the build's artifact store."""
+    return spec.model.uri if spec.build is None else spec.build.artifacts.uri
+
+
+def _claim_read(snap: Snapshot, spec: ParsedSpec) -> Read | None:
+    """Before a canary is created, the claim it would mount must exist (checked, not left to a stuck pod)."""
+    if not isinstance(spec, ModelDeploymentSpec) or snap.deployment is None or snap.canary is not None:
+        return None
+    uri = served_uri(spec)
+    if not uri.startswith("pvc://"):
+        return None
+    return Read("claim", "v1", "PersistentVolumeClaim", uri.removeprefix("pvc://").split("/", 1)[0])
 
 
 def _pods_matter(snap: Snapshot, spec: ParsedSpec) -> bool:
@@ -96,6 +123,8 @@ def _pods_matter(snap: Snapshot, spec: ParsedSpec) -> bool:
     status = (snap.deployment or {}).get("status") or {}
     desired = ((snap.deployment or {}).get("spec") or {}).get("replicas") or 0
     if (status.get("replicas") or 0) > 0 and (status.get("readyReplicas") or 0) < desired:
+        return True
+    if snap.canary is not None:  # the canary's pods: why they are not Ready, and their IPs for the analysis
         return True
     autoscaling = spec.autoscaling if isinstance(spec, ModelDeploymentSpec) else None
     return bool(autoscaling and autoscaling.schedules and autoscaling.lead_time_seconds is None)
@@ -109,4 +138,10 @@ def second_reads(snap: Snapshot, spec: ParsedSpec) -> list[Read]:
     if snap.build_job is not None and needs_pods(snap.build_job):
         job = snap.build_job["metadata"]["name"]
         reads.append(Read("build_pods", "v1", "Pod", selector=f"batch.kubernetes.io/job-name={job}"))
+    if snap.analysis_job is not None and needs_pods(snap.analysis_job, ANNOTATION_ANALYSIS_RESULT):
+        job = snap.analysis_job["metadata"]["name"]
+        reads.append(Read("analysis_pods", "v1", "Pod", selector=f"batch.kubernetes.io/job-name={job}"))
+    claim = _claim_read(snap, spec)
+    if claim is not None:
+        reads.append(claim)
     return reads

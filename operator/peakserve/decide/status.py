@@ -1,11 +1,12 @@
 """status of a ModelDeployment, derived in one place from what one pass observed and decided. Pure.
 
-Most of status is a fresh observation. Four fields are memory, because what they report cannot be
+Most of status is a fresh observation. Five fields are memory, because what they report cannot be
 seen again on a later pass; each says so where it is set:
 - status.build while the spec is invalid: an invalid spec says nothing new about the last build;
 - status.autoscaling while the spec is invalid: likewise for the floor last set;
 - status.precision while a newer build runs or failed: the pods still serve the last passed build;
-- status.autoscaling.measuredStartupSeconds: the longest start ever seen (decide/scaling.py).
+- status.autoscaling.measuredStartupSeconds: the longest start ever seen (decide/scaling.py);
+- status.rollout: the canary's step, when it started and the analyses' verdicts (decide/rollout.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..api.spec import ModelDeploymentSpec, ModelDeploymentStatus
+from ..api.spec import ModelDeploymentSpec, ModelDeploymentStatus, RolloutStatus
 from ..api.timestamps import rfc3339
 from ..render.owner import Owner
 from ..render.service import endpoint
@@ -38,8 +39,10 @@ def _served_precision(spec: ModelDeploymentSpec | None, build: BuildState | None
 
 def derive_status(obs: conditions.Observed, owner: Owner, spec: ModelDeploymentSpec | None,
                   build: BuildState | None, scaling: ScalingDecision | None, serving_hash: str | None,
-                  previous: dict[str, Any], now: dt.datetime) -> ModelDeploymentStatus:
-    """`spec` None: the spec is invalid (obs.invalid says why)."""
+                  previous: dict[str, Any], now: dt.datetime,
+                  rollout: RolloutStatus | None = None) -> ModelDeploymentStatus:
+    """`spec` None: the spec is invalid (obs.invalid says why). `rollout` None: this pass did not decide
+    the rollout (invalid spec, build pending, a child event that only reports)."""
     dep_status = (obs.deployment or {}).get("status") or {}
     status: dict[str, Any] = {
         "observedGeneration": obs.generation,
@@ -58,6 +61,8 @@ def derive_status(obs: conditions.Observed, owner: Owner, spec: ModelDeploymentS
         status["autoscaling"] = status_dict(scaling.status)
     elif spec is None and previous.get("autoscaling"):  # memory: see the module docstring
         status["autoscaling"] = previous["autoscaling"]
+    # memory: a rollout's step, its start and its verdicts are seen nowhere else (decide/rollout.py)
+    status["rollout"] = status_dict(rollout) if rollout is not None else previous.get("rollout")
     return ModelDeploymentStatus.model_validate({k: v for k, v in status.items() if v is not None})
 
 

@@ -13,7 +13,7 @@ from .keda import render_scaled_object
 from ..api.identity import build_hash
 from ..api.schedules import DEFAULT_LEAD_SECONDS, lead_time
 from .build_job import artifact_uri, render_build_job
-from .deployment import render_deployment
+from .deployment import render_canary, render_deployment
 from .disruption import render_pdb
 from .owner import Owner
 from .service import render_service
@@ -27,6 +27,7 @@ CHILD_KINDS = {
     "PodDisruptionBudget": "policy/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "ScaledObject": "keda.sh/v1alpha1",
+    "HTTPRoute": "gateway.networking.k8s.io/v1",
 }
 
 
@@ -45,12 +46,13 @@ def possible_children(md_name: str) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child a ModelDeployment may have, for pruning."""
     child = names.child_name(md_name)
     out = [(v, k, names.config_map_name(md_name) if k == "ConfigMap" else child) for k, v in CHILD_KINDS.items()]
-    return out + [("apps/v1", "Deployment", headroom_name(md_name))]
+    return out + [("apps/v1", "Deployment", headroom_name(md_name))] + [
+        ("v1", "Service", names.track_service_name(md_name, track)) for track in (names.STABLE, names.CANARY)]
 
 
-def render_config_map(owner: Owner, config: str) -> dict[str, Any]:
+def render_config_map(owner: Owner, config: str, name: str | None = None) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": owner.metadata(names.config_map_name(owner.name)),
+            "metadata": owner.metadata(name or names.config_map_name(owner.name)),
             "data": {"config.pbtxt": config}}
 
 
@@ -85,6 +87,15 @@ def render_children(owner: Owner, spec: ModelDeploymentSpec, build_hash: str | N
         if autoscaling.headroom is not None:
             children.append(render_headroom(owner, spec))
     return children
+
+
+def render_canary_children(owner: Owner, spec: ModelDeploymentSpec, build_hash: str | None,
+                           replicas: int) -> list[dict[str, Any]]:
+    """The canary's ConfigMap and Deployment: the spec's new pod template, `replicas` pods of it."""
+    spec = serving_spec(spec, build_hash)
+    config = render_config_pbtxt(spec)
+    return [render_config_map(owner, config, names.canary_config_map_name(owner.name)),
+            render_canary(owner, spec, config_hash(config), build_hash if spec.build else None, replicas)]
 
 
 def offline_plan(spec: ModelDeploymentSpec) -> ScalingPlan:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import posixpath
 from typing import Any
@@ -87,7 +89,7 @@ def _triton_args(spec: ModelDeploymentSpec) -> list[str]:
     ]
 
 
-def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
+def _pod_spec(owner: Owner, spec: ModelDeploymentSpec, config_map: str) -> dict[str, Any]:
     serving, model = spec.serving, spec.model
     volumes, source_mounts, init_containers = _model_source(spec)
     config_mount = {"name": "triton-config", "mountPath": posixpath.join(MODEL_ROOT, model.name, "config.pbtxt"),
@@ -135,7 +137,7 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
         "volumes": [
             {"name": "models", "emptyDir": {}},
             *volumes,
-            {"name": "triton-config", "configMap": {"name": names.config_map_name(owner.name)}},
+            {"name": "triton-config", "configMap": {"name": config_map}},
             {"name": "tmp", "emptyDir": {}},
             # The python backend and large batches need more shared memory than the 64Mi default.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
@@ -152,26 +154,67 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
     return pod
 
 
+def pod_template(owner: Owner, spec: ModelDeploymentSpec, config_hash: str, build_hash: str | None,
+                 track: str = names.STABLE) -> dict[str, Any]:
+    config_map = names.config_map_name(owner.name) if track == names.STABLE else names.canary_config_map_name(owner.name)
+    return {
+        "metadata": {"labels": {**names.common_labels(owner.name), names.LABEL_TRACK: track},
+                     "annotations": {names.ANNOTATION_MD: owner.name,
+                                     names.ANNOTATION_CONFIG_HASH: config_hash,
+                                     **({names.ANNOTATION_BUILD_HASH: build_hash} if build_hash else {})}},
+        "spec": _pod_spec(owner, spec, config_map),
+    }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """Identity of a stable-track pod template: what a rollout rolls out, and what a verdict is about."""
+    text = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def progress_deadline(spec: ModelDeploymentSpec) -> int:
+    """A rollout is stuck only after the pods have had their full model-load time."""
+    return spec.serving.rollout.progress_deadline_seconds or spec.serving.startup_timeout_seconds + 300
+
+
+def _strategy(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The stable side takes a new template only after a Ready canary: the canary's pods are the surge,
+    so by default one stable pod is replaced at a time and no extra GPU is asked for."""
+    rollout = spec.serving.rollout
+    surge = rollout.max_surge if rollout.max_surge is not None else 0
+    unavailable = rollout.max_unavailable if rollout.max_unavailable is not None else (0 if surge else 1)
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}
+
+
 def render_deployment(owner: Owner, spec: ModelDeploymentSpec, config_hash: str,
                       build_hash: str | None = None) -> dict[str, Any]:
+    """The stable Deployment."""
     child = names.child_name(owner.name)
+    template = pod_template(owner, spec, config_hash, build_hash)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": names.selector_labels(owner.name)},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {
-            "maxSurge": spec.serving.rollout.max_surge,
-            "maxUnavailable": spec.serving.rollout.max_unavailable}},
+        "strategy": _strategy(spec),
         "revisionHistoryLimit": 5,
-        # A rollout is stuck only after the pods have had their full model-load time.
-        "progressDeadlineSeconds": spec.serving.startup_timeout_seconds + 300,
-        "template": {
-            "metadata": {"labels": names.common_labels(owner.name),
-                         "annotations": {names.ANNOTATION_MD: owner.name,
-                                         names.ANNOTATION_CONFIG_HASH: config_hash,
-                                         **({names.ANNOTATION_BUILD_HASH: build_hash} if build_hash else {})}},
-            "spec": _pod_spec(owner, spec),
-        },
+        "progressDeadlineSeconds": progress_deadline(spec),
+        "template": template,
     }
     if spec.autoscaling is None:  # with an HPA, replicas belong to the HPA alone
         deployment_spec = {"replicas": spec.replicas, **deployment_spec}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": owner.metadata(child),
-            "spec": deployment_spec}
+    metadata = owner.metadata(child, {names.ANNOTATION_TEMPLATE_HASH: template_hash(template)})
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec}
+
+
+def render_canary(owner: Owner, spec: ModelDeploymentSpec, config_hash: str, build_hash: str | None,
+                  replicas: int) -> dict[str, Any]:
+    """The canary Deployment: the new template beside stable, behind the same Service (its pods carry the
+    serving selector label), with a selector of its own so the two Deployments never adopt each other's pods."""
+    stable_template = pod_template(owner, spec, config_hash, build_hash)
+    metadata = owner.metadata(names.canary_name(owner.name),
+                              {names.ANNOTATION_TEMPLATE_HASH: template_hash(stable_template)})
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": {
+        "replicas": replicas,
+        "selector": {"matchLabels": names.track_labels(owner.name, names.CANARY)},
+        "revisionHistoryLimit": 1,
+        "progressDeadlineSeconds": progress_deadline(spec),
+        "template": pod_template(owner, spec, config_hash, build_hash, names.CANARY),
+    }}

@@ -21,7 +21,11 @@ ANNOTATION_CONFIG_HASH = "peakserve.io/triton-config-hash"
 ANNOTATION_BUILD_HASH = "peakserve.io/build-hash"
 ANNOTATION_BUILD_RESULT = "peakserve.io/build-result"
 LABEL_BUILD_HASH = "peakserve.io/build-hash"
+LABEL_TRACK = "peakserve.io/track"          # stable | canary, on the Triton pods
+ANNOTATION_TEMPLATE_HASH = "peakserve.io/template-hash"  # on a serving Deployment: the pod template it runs
+STABLE, CANARY = "stable", "canary"
 BUILD_COMPONENT = "model-build"
+ANALYSIS_COMPONENT = "rollout-analysis"
 MANAGER = FIELD_MANAGER
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -42,6 +46,27 @@ def child_name(md_name: str, reserve: int = 0) -> str:
 
 def config_map_name(md_name: str) -> str:
     return child_name(md_name, reserve=len("-triton-config")) + "-triton-config"
+
+
+def canary_name(md_name: str) -> str:
+    """The canary Deployment, beside the stable one (which is named child_name(md_name))."""
+    return child_name(md_name, reserve=len("-canary")) + "-canary"
+
+
+def canary_config_map_name(md_name: str) -> str:
+    """The canary's own Triton config: a new config never reaches the stable pods before promotion."""
+    return child_name(md_name, reserve=len("-canary-triton-config")) + "-canary-triton-config"
+
+
+def track_service_name(md_name: str, track: str) -> str:
+    """A Service of one track, for a Gateway API route with exact weights."""
+    return child_name(md_name, reserve=len(track) + 1) + "-" + track
+
+
+def analysis_job_name(md_name: str, template_hash: str, step: int) -> str:
+    """One analysis Job per (canary template, step): a restarted operator finds it instead of starting another."""
+    suffix = f"-analysis-{template_hash}-{step}"
+    return child_name(md_name, reserve=len(suffix)) + suffix
 
 
 def build_job_name(md_name: str, build_hash: str) -> str:
@@ -70,6 +95,10 @@ def selector_labels(md_name: str) -> dict[str, str]:
 def label_selector(labels: dict[str, str]) -> str:
     """A labelSelector query string (k=v,k=v) for list and watch requests."""
     return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+def track_labels(md_name: str, track: str) -> dict[str, str]:
+    return {**selector_labels(md_name), LABEL_TRACK: track}
 
 
 def pod_selector(md_name: str) -> str:
