@@ -74,6 +74,10 @@ model_repo/ranker/inputs/train_report.json: model_repo/ranker/train.py model_rep
 model_repo/encoder/inputs/train_report.json: model_repo/encoder/train.py model_repo/encoder/model.py | $(STAMP)
 	$(PY) model_repo/encoder/train.py --out model_repo/encoder/inputs
 
+.PHONY: bench-rollouts
+bench-rollouts: tools ## rollout scenarios on real Triton pods: time to rollback, lowest Ready, failed requests
+	PEAKSERVE_ROLLOUT_FIGURES=benchmarks/results/rollouts.json $(PY) -m pytest -q -s tests/integration/test_rollouts.py
+
 .PHONY: plan
 plan: install ## capacity plan for the shipped Singles' Day trace: benchmarks/results/plan/plan.{json,png}
 	$(PEAKSERVE) plan --out benchmarks/results/plan

@@ -78,4 +78,8 @@ step "A real request: the real tritonserver serves the built artifact (python ba
 artifact=$(kubectl get modeldeployment ranker -o jsonpath='{.status.build.hash}')
 $PY scripts/demo_request.py --repository "$store/artifacts/$artifact" --evaluation "$store/sources/ranker/evaluation.npz"
 
+step "Safe rollouts: a canary promoted through its steps, and one rolled back by the probe comparison"
+echo "(a real tritonserver behind each pod on the probed nodes; analysis Jobs run by the local job runner)"
+$PY scripts/demo_rollouts.py
+
 printf '\nThe cluster and operator keep running. Explore with:\n  eval "$(%s env)"; kubectl get mdep\nStop everything with: make dev-down\n' "$DEV"

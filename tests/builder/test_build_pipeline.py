@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from peakserve.analysis.probe_data import read_probe
+from peakserve.builder.probe_data import read_probe
 from peakserve.builder import candidates as cands
 from peakserve.builder import pipeline, sources
 from peakserve.builder.errors import BuildError

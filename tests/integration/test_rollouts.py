@@ -11,7 +11,6 @@ there as JSON (`make bench-rollouts` does that and BENCHMARKS.md quotes it).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
@@ -21,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from peakserve.cluster.client import Kube
-from peakserve.loadgen import run_load
 from peakserve_harness.controlplane.gateway_api import install_gateway_api, uninstall_gateway_api
 from peakserve_harness.controlplane.nodes import PROBED_LABEL, PROBED_VALUE
 from peakserve_harness.metrics.prometheus import PrometheusProcess
 from peakserve_harness.pods.job_pods import ANALYSIS, run_job_pods
 from peakserve_harness.pods.probed_pods import ProbedPods
+from peakserve_harness.rollout_load import RolloutLoad
 from peakserve_harness.triton.install import ensure_installed
 
 from .cluster import condition, md, wait_for
@@ -82,45 +81,15 @@ def analysis(rig: Rig, **overrides) -> dict:
 
 # ---- what each scenario measures ------------------------------------------------------------------------
 
-class Watch:
-    """Bounded open-loop load over the namespace's Ready pods, and the lowest count of Ready pods seen."""
+class Watch(RolloutLoad):
+    """The load and the lowest Ready count of one scenario, from two Ready stable pods on."""
 
     def __init__(self, rig: Rig, ns: str):
-        self.rig, self.ns = rig, ns
-        self.completed = self.failed = 0
-        self.lowest_ready: int | None = None
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._load, daemon=True),
-                         threading.Thread(target=self._count, daemon=True)]
-
-    def ready(self) -> int:
-        return len(self.rig.pods.http_endpoints(self.ns))
-
-    def _count(self) -> None:
-        while not self._stop.is_set():
-            ready = self.ready()
-            self.lowest_ready = ready if self.lowest_ready is None else min(self.lowest_ready, ready)
-            self._stop.wait(0.2)
-
-    def _load(self) -> None:
-        deadline = time.monotonic() + 480   # bounded whatever the scenario does
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            result = asyncio.run(run_load(lambda: self.rig.pods.grpc_endpoints(self.ns), "ranker", mode="rate",
-                                          rate=RATE, duration=5, max_requests=RATE * 5, refresh_interval=0.2,
-                                          timeout_s=5, skip_after=10**9))  # a Service never skips a pod
-            self.completed += result.completed
-            self.failed += result.errors
+        super().__init__(rig.pods, ns, "ranker", rate=RATE)
 
     def __enter__(self) -> "Watch":
         wait_for(lambda: self.ready() == STABLE_REPLICAS, timeout=90, what="the stable pods Ready behind real servers")
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        return self.start()
 
 
 FIGURES: dict[str, dict] = {}
@@ -307,3 +276,34 @@ def _route_follows_the_step(kubectl, ns: str) -> None:
     route = kubectl.get("httproute", "ranker", ns)
     assert route["spec"]["parentRefs"][0]["name"] == "shop-gateway"
     assert kubectl.get("service", "ranker-canary", ns)["spec"]["selector"]["peakserve.io/track"] == "canary"
+
+
+def test_without_a_free_gpu_one_stable_pod_at_a_time_makes_room(kubectl, operator, ns):
+    # The one H100 node's 8 GPUs all serve (4 pods x 2): the canary cannot surge, so one stable pod makes room
+    # for it, and after it is Ready the stable pods are replaced one at a time. KWOK's nodes suffice here.
+    h100 = {"gpuProduct": "NVIDIA-H100-80GB-HBM3", "gpus": 2, "instanceGroups": [{"kind": "GPU", "count": 1}]}
+    kubectl.apply(md("ranker", ns, replicas=4, serving=h100))
+    wait_for(lambda: (kubectl.get("deployment", "ranker", ns) or {}).get("status", {}).get("readyReplicas") == 4,
+             timeout=60, what="four stable pods on the H100 node")
+    image = "nvcr.io/nvidia/tritonserver:25.11-py3"
+    lowest = [4]
+
+    def ready_pods() -> int:
+        pods = kubectl.list("pods", ns, "peakserve.io/model-deployment=ranker")
+        ready = sum(1 for p in pods if not p["metadata"].get("deletionTimestamp") and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", [])))
+        lowest[0] = min(lowest[0], ready)
+        return ready
+
+    kubectl.apply(md("ranker", ns, replicas=4, serving={**h100, "image": image}))
+    wait_for(lambda: ready_pods() >= 0 and rollout_status(kubectl, ns).get("madeRoom") == 1, timeout=60,
+             interval=0.2, what="one stable pod making room for the canary")
+
+    def promoted() -> bool:
+        ready_pods()
+        dep = kubectl.get("deployment", "ranker", ns)
+        return (dep["spec"]["template"]["spec"]["containers"][0]["image"] == image and canary_gone(kubectl, ns)
+                and dep["status"].get("updatedReplicas") == 4 and dep["status"].get("readyReplicas") == 4)
+    wait_for(promoted, timeout=120, interval=0.2, what="the stable side on the new image, all four pods Ready")
+    assert rollout_status(kubectl, ns)["phase"] == "Stable"
+    assert lowest[0] >= 3, f"ready pods fell to {lowest[0]}: more than one at a time"

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import yaml
 
-from peakserve.analysis.probe_data import read_probe, write_probe
+from peakserve.builder.probe_data import read_probe, write_probe
 from peakserve.api.spec import RolloutAnalysis
 from peakserve.api.validation import parse_spec
 from peakserve.builder.pipeline import run_build

@@ -12,7 +12,7 @@ import pytest
 from peakserve.analysis import stats
 from peakserve.analysis.errors import AnalysisError
 from peakserve.analysis.probe import check_inputs, compare_outputs, requests_of, resolve_kind
-from peakserve.analysis.probe_data import LABELS, ProbeDataError, read_probe, write_probe
+from peakserve.builder.probe_data import LABELS, ProbeDataError, read_probe, write_probe
 
 RNG = np.random.default_rng(0)
 SCORES = RNG.random(512)

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import AnalysisError
-from .probe_data import ProbeDataError, read_probe
+from ..builder.probe_data import ProbeDataError, read_probe
 from .stats import auc, ks_statistic, max_abs_diff, psi, row_cosines, top_k_agreement
 
 TIMEOUT_S = 30.0

@@ -690,6 +690,9 @@ class RolloutStatus(Spec):
                                              "counts from here).")
     reason: str | None = Field(default=None, description="Why the rollout is held or was rolled back.")
     message: str | None = Field(default=None, description="What happened, for people.")
+    made_room: int | None = Field(default=None, description="Stable pods stopped so that the canary's could "
+                                                             "be scheduled (no free GPU for a surge); restored at "
+                                                             "promotion or rollback.")
     failed_hash: str | None = Field(default=None, description="Pod-template hash whose rollout failed; "
                                                                "not retried until the spec changes.")
     failed_generation: int | None = Field(default=None, description="The generation that failed.")

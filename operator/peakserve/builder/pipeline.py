@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..analysis.probe_data import FILENAME as PROBE_FILE, write_probe
+from .probe_data import FILENAME as PROBE_FILE, write_probe
 from ..api.spec import ModelDeploymentSpec
 from ..render.triton_config import render_config_pbtxt
 from . import accuracy, candidates as cands, export, repository, sources, speed

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..api.identity import build_hash
 from ..api.spec import ModelDeploymentSpec
-from ..render import ScalingPlan, names, possible_children, render_children
+from ..render import ScalingPlan, names, possible_children, render_children, render_scaling
 from ..render.route import render_route
 from ..render.build_job import artifact_uri, render_build_job
 from ..render.owner import Owner
@@ -182,6 +182,11 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
         if not accepted(snap):
             dry_run = [c for c in children if c["kind"] in DRY_RUN_KINDS]
         deletions = prune(owner, children, snap) + list(rollout.deletions)
+    elif valid and scaling is not None and build is not None and not build.passed and snap.deployment is not None \
+            and not snap.rejected:
+        # A build that has not passed (or is frozen) holds the rollout, never the scaling: the floor of a
+        # promotion moves the pods that serve now.
+        applies += [Apply(c) for c in render_scaling(owner, valid, scaling.plan)]
     status = derive_status(_observed(snap, valid, owner, invalid, build, applies, rollout), owner, valid, build,
                            scaling, serving_hash(snap.deployment), snap.previous_status, now,
                            rollout.status if rollout else None)

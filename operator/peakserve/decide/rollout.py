@@ -122,6 +122,7 @@ class _Rollout:
         self.live_hash = template_hash_of(snap.deployment)
         self.canary = snap.canary
         self.deadline = spec.serving.rollout.progress_deadline_seconds or spec.serving.startup_timeout_seconds + 300
+        self.made_room = self.prev.get("madeRoom") if self.prev.get("canaryHash") == desired_hash else None
 
     # -- outcomes ------------------------------------------------------------------------------------
     def _remove_canary(self) -> tuple[Delete, ...]:
@@ -154,13 +155,41 @@ class _Rollout:
         status = RolloutStatus(phase=ROLLED_BACK, stable_hash=self.live_hash, canary_hash=self.hash, reason=reason,
                                message=message, failed_hash=self.hash, failed_generation=self.snap.generation,
                                analyses=analyses if analyses is not None else self._analyses())
-        return RolloutDecision(status=status, hold_stable=True, deletions=self._remove_canary())
+        return RolloutDecision(status=status, hold_stable=True, deletions=self._remove_canary(),
+                               patches=self._restore_room())
+
+    def _stable_replicas(self, replicas: int) -> Patch:
+        return Patch("apps/v1", "Deployment", names.child_name(self.owner.name), {"spec": {"replicas": replicas}})
+
+    def _restore_room(self) -> tuple[Patch, ...]:
+        """The stable pods stopped to make room come back with the canary's removal."""
+        if not self.made_room or self.spec.autoscaling is not None:
+            return ()
+        return (self._stable_replicas(self.spec.replicas),)
+
+    def _no_room(self) -> bool:
+        """The canary's pods wait for GPUs that no node has free."""
+        wanted = f"Insufficient {self.spec.serving.gpu_resource}"
+        return any(_track(p) == names.CANARY and c.get("type") == "PodScheduled" and c.get("status") == "False"
+                   and wanted in (c.get("message") or "")
+                   for p in self.snap.pods for c in (p.get("status") or {}).get("conditions") or [])
+
+    def _make_room(self, stable: int, want: int) -> tuple[Patch, ...]:
+        """No free GPU for a surge: one stable pod at a time makes way for the canary's (without an HPA, which
+        owns the replicas otherwise, and never below one serving pod). The next stable pod is replaced only
+        after the canary is Ready and has passed."""
+        if self.made_room or self.rollout.steps or self.spec.autoscaling is not None or stable - want < 1:
+            return ()
+        if not self._no_room():
+            return ()
+        self.made_room = want
+        return (self._stable_replicas(stable - want),)
 
     def _canary_status(self, step: int, started: str, step_started: str, ready_at: str | None,
                        weight: int, message: str, analyses: list[dict[str, Any]]) -> RolloutStatus:
         return RolloutStatus(phase=CANARY, stable_hash=self.live_hash, canary_hash=self.hash, step=step,
                              weight=weight, started_at=started, step_started_at=step_started, ready_at=ready_at,
-                             reason=CANARY_STEP, message=message, analyses=analyses,
+                             reason=CANARY_STEP, message=message, analyses=analyses, made_room=self.made_room,
                              failed_hash=self.prev.get("failedHash"),
                              failed_generation=self.prev.get("failedGeneration"))
 
@@ -229,7 +258,12 @@ class _Rollout:
                 return self.rolled_back(CANARY_NOT_READY, (
                     f"The canary was not Ready within its progress deadline ({self.deadline}s): "
                     f"{_why_not_ready(self.snap.pods)}. Stable keeps serving."))
-            return self._run_step(step, started, step_started, None, analyses)
+            room = self._make_room(stable, want)
+            decision = self._run_step(step, started, step_started, None, analyses, patches=room)
+            if self.made_room:
+                decision = _with_message(decision, decision.status.message + (
+                    f"; no free GPU for a surge: {self.made_room} stable pod(s) made room"))
+            return decision
         ready_at = prev.get("readyAt") or rfc3339(self.now)
         if self.rollout.paused:
             decision = self._run_step(step, started, step_started, ready_at, analyses)
@@ -293,12 +327,15 @@ class _Rollout:
     def advance(self, step: int, started: str, analyses: list[dict[str, Any]]) -> RolloutDecision:
         if step + 1 < len(self.rollout.steps):
             return self._run_step(step + 1, started, rfc3339(self.now), None, analyses)
-        # Promotion: the stable side takes the template now; the canary stays until it is done.
+        # Promotion: the stable side takes the template now; the canary stays until it is done, unless it
+        # holds the only free GPUs (it made room): then its GPUs go to the stable side's new pods at once.
         status = RolloutStatus(phase=PROMOTING, stable_hash=self.live_hash, canary_hash=self.hash,
                                step=step, started_at=started, reason="Promoting",
                                message="The canary passed; the stable pods take the new template.",
                                analyses=analyses, failed_hash=self.prev.get("failedHash"),
                                failed_generation=self.prev.get("failedGeneration"))
+        if self.made_room:
+            return RolloutDecision(status=status, deletions=self._remove_canary())
         weight = share(_ready(self.canary), int((self.snap.deployment.get("spec") or {}).get("replicas") or 0))
         return RolloutDecision(status=status, route_weight=weight)
 

@@ -78,14 +78,18 @@ def render_children(owner: Owner, spec: ModelDeploymentSpec, build_hash: str | N
         render_deployment(owner, spec, config_hash(config), build_hash if spec.build else None),
         render_pdb(owner),
     ]
+    return children + render_scaling(owner, spec, scaling)
+
+
+def render_scaling(owner: Owner, spec: ModelDeploymentSpec, scaling: ScalingPlan) -> list[dict[str, Any]]:
+    """The autoscaler (HPA or ScaledObject) and the GPU headroom: none without spec.autoscaling."""
     autoscaling = spec.autoscaling
-    if autoscaling is not None:
-        if scaling.engine == "keda":
-            children.append(render_scaled_object(owner, autoscaling, scaling.lead_seconds))
-        else:
-            children.append(render_hpa(owner, autoscaling, scaling.floor))
-        if autoscaling.headroom is not None:
-            children.append(render_headroom(owner, spec))
+    if autoscaling is None:
+        return []
+    children = [render_scaled_object(owner, autoscaling, scaling.lead_seconds) if scaling.engine == "keda"
+                else render_hpa(owner, autoscaling, scaling.floor)]
+    if autoscaling.headroom is not None:
+        children.append(render_headroom(owner, spec))
     return children
 
 

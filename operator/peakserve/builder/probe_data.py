@@ -18,9 +18,11 @@ from typing import Mapping
 
 import numpy as np
 
+from ..render.analysis_job import PROBE_FILE
+
 LABELS = "labels"
 MAX_ROWS = 8192          # the largest ProbeAnalysis.rows: more would never be sent
-FILENAME = "probe.npz"   # its name in a published model version directory
+FILENAME = PROBE_FILE  # where the operator's analysis Job looks for it
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
