@@ -25,8 +25,12 @@ tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/
 	$(PY) -m peakserve_harness.metrics.prometheus install
 	$(PY) -m peakserve_harness.triton.install
 
-test: tools ## run all tests: unit, then integration against a real control plane
-	$(PY) -m pytest -q
+test: tools ## run the tests: unit, then integration against a real control plane (all but test-rollouts')
+	$(PY) -m pytest -q -m "not real_pods"
+
+.PHONY: test-rollouts
+test-rollouts: tools ## the real-Triton suites: rollout scenarios under load, the probed-node pod agent (~8 min)
+	$(PY) -m pytest -q -m real_pods
 
 unit: install ## pure tests only: spec, rendering, decide tables, conditions, planner (no processes)
 	$(PY) -m pytest -q tests/unit

@@ -208,7 +208,8 @@ def test_crd_upgrade_keeps_live_model_deployments(kubectl, cluster, ns, tmp_path
         assert "Established" in result.stdout
 
         live = kubectl.get("modeldeployment", "live", ns)
-        assert live["spec"]["serving"]["rollout"] == {"maxSurge": 0, "maxUnavailable": 1}  # defaulted on read
+        assert live["spec"]["serving"]["rollout"] == {"abort": False, "force": False, "paused": False,  # defaulted
+                                                      "routeParents": [], "steps": []}                # on read
         assert live["metadata"]["uid"] == stored["metadata"]["uid"]
         kubectl.apply(md("new", ns, serving={"rollout": {"maxSurge": 1, "maxUnavailable": 0}}))
         # The hook identity can touch that one CRD and nothing else.

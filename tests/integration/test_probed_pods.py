@@ -38,7 +38,7 @@ from peakserve_harness.triton.install import ensure_installed
 
 from .cluster import condition, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.real_pods, pytest.mark.timeout(240)]
 
 MODEL = "ranker"
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -306,5 +306,5 @@ def test_gateway_api_crds_install_from_their_go_module(cluster, kubectl, kube, n
         assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [90, 10]
     finally:
         # The rest of the session covers the cluster without Gateway API.
-        gateway_api.uninstall_gateway_api(kube)
+        gateway_api.uninstall_gateway_api(kube, timeout=180)
     assert not kube.serves(f"{gateway_api.GROUP}/v1")

@@ -124,6 +124,7 @@ def canary_gone(kubectl, ns: str) -> bool:
 
 # ---- the scenarios ----------------------------------------------------------------------------------------
 
+@pytest.mark.real_pods
 def test_good_canary_promotes_through_every_step_without_a_failed_request(kubectl, operator, ns, rig):
     steps = {"steps": [{"weight": 30, "pauseSeconds": 15}, {"weight": 50, "pauseSeconds": 15}],
              "analysis": analysis(rig)}
@@ -148,6 +149,7 @@ def test_good_canary_promotes_through_every_step_without_a_failed_request(kubect
            failed_requests=watch.failed, requests=watch.completed)
 
 
+@pytest.mark.real_pods
 def test_canary_that_scores_wrongly_is_rolled_back_by_the_probe_comparison(kubectl, operator, ns, rig):
     steps = {"steps": [{"weight": 30, "pauseSeconds": 15}], "analysis": analysis(rig)}
     serve_stable(kubectl, ns, rig, steps)
@@ -176,6 +178,7 @@ def test_canary_that_scores_wrongly_is_rolled_back_by_the_probe_comparison(kubec
            psi=verdict["figures"].get("psi"))
 
 
+@pytest.mark.real_pods
 def test_canary_that_fails_requests_is_rolled_back_on_error_rate(kubectl, operator, ns, rig):
     steps = {"steps": [{"weight": 30, "pauseSeconds": 15}], "analysis": analysis(rig, probe={"enabled": False})}
     serve_stable(kubectl, ns, rig, steps)
@@ -194,6 +197,7 @@ def test_canary_that_fails_requests_is_rolled_back_on_error_rate(kubectl, operat
            canary_error_rate=verdict["figures"]["canaryErrorRate"])
 
 
+@pytest.mark.real_pods
 def test_missing_claim_and_a_model_that_never_loads_keep_every_ready_replica(kubectl, operator, ns, rig):
     surge = {"progressDeadlineSeconds": 30}
     serve_stable(kubectl, ns, rig, surge)
@@ -255,7 +259,7 @@ def test_http_route_gets_the_exact_weight_where_the_gateway_api_is_served(cluste
     try:
         _route_follows_the_step(kubectl, ns)
     finally:  # the rest of the session runs without the Gateway API, as most clusters do
-        uninstall_gateway_api(kube)
+        uninstall_gateway_api(kube, timeout=180)
 
 
 def _route_follows_the_step(kubectl, ns: str) -> None:

@@ -1,11 +1,12 @@
 """decide(spec, snapshot, now) -> Plan: the whole judgement of one reconcile pass, with no I/O.
 
 What it settles, in order:
-1. the build: the Job to create for the current spec's build hash, and where that build is;
-2. the autoscaling floor and engine, from the clock;
+1. the autoscaling floor and engine, from the clock (and so whether a promotion freezes changes);
+2. the build: the Job to create for the current spec's build hash (not during a freeze), and where it is;
 3. whether the serving children converge this pass (a valid spec whose build, if any, passed), and
-   then: the rendered children, the replica hand-over to an HPA, the dry run of a new generation,
-   and the children to prune;
+   then: the rendered children, the rollout of a new pod template (decide/rollout.py: canary beside
+   stable, steps, analysis, promotion or rollback), the replica hand-over to an HPA, the dry run of a
+   new generation, and the children to prune; while a build holds the rollout, only the scaling;
 4. status (conditions included), the Events of its transitions, and the next wake-up.
 """
 
