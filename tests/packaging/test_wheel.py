@@ -122,7 +122,10 @@ def test_docs_without_extras_finds_the_readme_current(core_install, tmp_path):
     (lambda tmp: ["plan", "--trace", str(ROOT / "traces" / "singles-day.csv"),
                   "-f", str(ROOT / "examples" / "ranker.yaml"), "--out", str(tmp / "out")],
      "peakserve plan needs the 'plan' extra (matplotlib is not installed): pip install 'peakserve[plan]'"),
-], ids=["build", "bench", "plan"])
+    (lambda tmp: ["analyze", "--model", "ranker", "--version", "1", "--stable", "127.0.0.1:8000", "--canary", "127.0.0.1:8000",
+                  "--result-file", str(tmp / "out")],
+     "peakserve analyze needs the 'client' extra (tritonclient is not installed): pip install 'peakserve[client]'"),
+], ids=["build", "bench", "plan", "analyze"])
 def test_extra_commands_name_their_extra(core_install, tmp_path, argv, line):
     args = argv(tmp_path)
     parser().parse_args(args)  # argparse accepts them (its usage errors exit 2 as well)
