@@ -56,20 +56,25 @@ def _node_expression(operator: str, names: list[str]) -> str:
     return f"    - {{key: '.spec.nodeName', operator: '{operator}', values: {values}}}\n"
 
 
-def pod_ready(probed: list[str]) -> str:
-    """KWOK's own fast stage (Ready at once), for pods on every node that is not probed."""
-    return """\
+def _new_pod_stage(name: str, operator: str, probed: list[str]) -> str:
+    """A Stage's head that selects live pods without an IP yet, on the probed nodes (In) or the others (NotIn)."""
+    return f"""\
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
-  name: pod-ready
+  name: {name}
 spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
+  resourceRef: {{apiGroup: v1, kind: Pod}}
   selector:
     matchExpressions:
-    - {key: '.metadata.deletionTimestamp', operator: 'DoesNotExist'}
-    - {key: '.status.podIP', operator: 'DoesNotExist'}
-""" + _node_expression("NotIn", probed) + """\
+    - {{key: '.metadata.deletionTimestamp', operator: 'DoesNotExist'}}
+    - {{key: '.status.podIP', operator: 'DoesNotExist'}}
+""" + _node_expression(operator, probed)
+
+
+def pod_ready(probed: list[str]) -> str:
+    """KWOK's own fast stage (Ready at once), for pods on every node that is not probed."""
+    return _new_pod_stage("pod-ready", "NotIn", probed) + """\
   next:
     statusTemplate: |
       {{ $now := Now }}
@@ -98,18 +103,7 @@ def probed_running(probed: list[str]) -> str:
 
     The pod agent patches Ready (and the container statuses) from what the real server does.
     """
-    return """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: probed-running
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - {key: '.metadata.deletionTimestamp', operator: 'DoesNotExist'}
-    - {key: '.status.podIP', operator: 'DoesNotExist'}
-""" + _node_expression("In", probed) + """\
+    return _new_pod_stage("probed-running", "In", probed) + """\
   next:
     statusTemplate: |
       {{ $now := Now }}

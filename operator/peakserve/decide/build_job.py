@@ -130,8 +130,10 @@ def build_state(bhash: str, job_name: str, artifact: str, job: dict[str, Any] | 
     return state
 
 
+def result_patch(record: dict[str, Any], annotation: str = names.ANNOTATION_BUILD_RESULT) -> dict[str, Any]:
+    """Keep a result on the Job itself: pods are garbage-collected, the Job stays as the record."""
+    return {"metadata": {"annotations": {annotation: json.dumps(record)}}}
+
+
 def record_patch(state: BuildState) -> dict[str, Any] | None:
-    """Keep the result on the Job itself: pods are garbage-collected, the Job stays as the cache."""
-    if state.record is None:
-        return None
-    return {"metadata": {"annotations": {names.ANNOTATION_BUILD_RESULT: json.dumps(state.record)}}}
+    return None if state.record is None else result_patch(state.record)

@@ -14,17 +14,17 @@ and status.rollout (step, its start, the verdicts), which is memory in the sense
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from ..api.spec import AnalysisResult, ModelDeploymentSpec, RolloutStatus
 from ..api.timestamps import parse_rfc3339, rfc3339
 from ..render import names, render_canary_children
 from ..render.analysis_job import ANNOTATION_ANALYSIS_RESULT, AnalysisTarget, probe_uri, render_analysis_job
+from ..render.deployment import claim_of, progress_deadline
 from ..render.owner import Owner
-from .build_job import finished, recorded_result, result_from_pods
+from .build_job import finished, recorded_result, result_from_pods, result_patch
 from .conditions import CANARY_STEP, CHANGE_FREEZE, CLAIM_NOT_FOUND
 from .plan import Delete, Patch
 from .snapshot import Snapshot
@@ -121,7 +121,7 @@ class _Rollout:
         self.prev = snap.previous_status.get("rollout") or {}
         self.live_hash = template_hash_of(snap.deployment)
         self.canary = snap.canary
-        self.deadline = spec.serving.rollout.progress_deadline_seconds or spec.serving.startup_timeout_seconds + 300
+        self.deadline = progress_deadline(spec)
         self.made_room = self.prev.get("madeRoom") if self.prev.get("canaryHash") == desired_hash else None
 
     # -- outcomes ------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ class _Rollout:
             return self.held(CHANGE_FREEZE, f"{self.freeze}: new rollouts and builds wait until it ends "
                                              "(set spec.serving.rollout.force to override). Scaling is not frozen.")
         if self.served_uri.startswith("pvc://"):
-            claim = self.served_uri.removeprefix("pvc://").split("/", 1)[0]
+            claim = claim_of(self.served_uri)
             if "claim" not in self.snap.read:  # observe reads it whenever a canary may start; not yet here
                 return self.held(CHECKING, f"Checking PersistentVolumeClaim {claim} before the canary starts.")
             if self.snap.claim is None:
@@ -305,7 +305,7 @@ class _Rollout:
             result = result_from_pods(self.snap.analysis_pods, "analyze", ANALYSIS_ERROR)
             if result is not None:
                 patches = (Patch("batch/v1", "Job", job["metadata"]["name"],
-                                 {"metadata": {"annotations": {ANNOTATION_ANALYSIS_RESULT: json.dumps(result)}}}),)
+                                 result_patch(result, ANNOTATION_ANALYSIS_RESULT)),)
         if result is None:
             result = {"phase": "Failed", "reason": ANALYSIS_ERROR,
                       "message": f"analysis Job {job['metadata']['name']} finished without a result"}
@@ -322,7 +322,7 @@ class _Rollout:
             return RolloutDecision(status=decision.status, hold_stable=True, patches=patches,
                                    deletions=decision.deletions)
         decision = self.advance(step, started, analyses)
-        return RolloutDecision(**{**decision.__dict__, "patches": decision.patches + patches})
+        return replace(decision, patches=decision.patches + patches)
 
     def advance(self, step: int, started: str, analyses: list[dict[str, Any]]) -> RolloutDecision:
         if step + 1 < len(self.rollout.steps):
@@ -341,13 +341,12 @@ class _Rollout:
 
 
 def _with_message(decision: RolloutDecision, message: str) -> RolloutDecision:
-    status = decision.status.model_copy(update={"message": message})
-    return RolloutDecision(**{**decision.__dict__, "status": status})
+    return replace(decision, status=decision.status.model_copy(update={"message": message}))
 
 
 def _with_wake(decision: RolloutDecision, at: dt.datetime) -> RolloutDecision:
     wake = min(w for w in (decision.wake_at, at) if w is not None)
-    return RolloutDecision(**{**decision.__dict__, "wake_at": wake})
+    return replace(decision, wake_at=wake)
 
 
 def decide_rollout(spec: ModelDeploymentSpec, owner: Owner, snap: Snapshot, desired_hash: str,

@@ -14,6 +14,7 @@ from ..api.spec import ModelDeploymentSpec
 from ..api.validation import InvalidSpec
 from ..render import names
 from ..render.analysis_job import ANNOTATION_ANALYSIS_RESULT
+from ..render.deployment import claim_of
 from ..render.headroom import headroom_name
 from .build_job import needs_pods
 
@@ -109,13 +110,19 @@ def served_uri(spec: ModelDeploymentSpec) -> str:
 
 
 def _claim_read(snap: Snapshot, spec: ParsedSpec) -> Read | None:
-    """Before a canary is created, the claim it would mount must exist (checked, not left to a stuck pod)."""
+    """Before a canary is created, the claim it would mount must exist (checked, not left to a stuck pod).
+    Read only when a rollout may start: a new spec, a rollout not settled, or stable pods on another template
+    than the last settled one; a drift pass over a settled rollout needs no claim."""
     if not isinstance(spec, ModelDeploymentSpec) or snap.deployment is None or snap.canary is not None:
+        return None
+    rollout = snap.previous_status.get("rollout") or {}
+    live = ((snap.deployment.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_TEMPLATE_HASH)
+    if snap.cause != SPEC and rollout.get("phase") == "Stable" and rollout.get("stableHash") == live:
         return None
     uri = served_uri(spec)
     if not uri.startswith("pvc://"):
         return None
-    return Read("claim", "v1", "PersistentVolumeClaim", uri.removeprefix("pvc://").split("/", 1)[0])
+    return Read("claim", "v1", "PersistentVolumeClaim", claim_of(uri))
 
 
 def _pods_matter(snap: Snapshot, spec: ParsedSpec) -> bool:

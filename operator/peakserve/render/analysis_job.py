@@ -15,7 +15,7 @@ from typing import Any
 
 from ..api.spec import DEFAULT_BUILDER_IMAGE, ModelDeploymentSpec, RolloutAnalysis
 from . import names
-from .build_job import BUILDER_UID
+from .build_job import BUILDER_UID, uri_volume, volume_mount
 from .deployment import HTTP_PORT, container_security
 from .owner import Owner
 
@@ -47,14 +47,10 @@ def probe_uri(spec: ModelDeploymentSpec, analysis: RolloutAnalysis, served_uri: 
 
 
 def _probe_volume(uri: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Volume, mount and in-pod path of the probe file."""
-    if uri.startswith("pvc://"):
-        claim, _, sub_path = uri.removeprefix("pvc://").partition("/")
-        volume = {"name": "probe", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        return volume, {"name": "probe", "mountPath": PROBE_DIR, "readOnly": True}, posixpath.join(PROBE_DIR, sub_path)
+    """Volume, mount and in-pod path of the probe file: its directory, mounted read-only at PROBE_DIR."""
     directory, filename = posixpath.split(uri)
-    volume = {"name": "probe", "hostPath": {"path": directory, "type": "Directory"}}
-    return volume, {"name": "probe", "mountPath": PROBE_DIR, "readOnly": True}, posixpath.join(PROBE_DIR, filename)
+    volume, sub_path = uri_volume("probe", directory, read_only=True)
+    return volume, volume_mount("probe", PROBE_DIR, sub_path, read_only=True), posixpath.join(PROBE_DIR, filename)
 
 
 def _pod_regex(deployment: str) -> str:

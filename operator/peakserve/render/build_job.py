@@ -12,7 +12,7 @@ from typing import Any
 
 from ..api.spec import DEFAULT_S3_FETCH_IMAGE, ModelDeploymentSpec
 from . import names
-from .deployment import container_security, gpu_toleration
+from .deployment import claim_and_path, container_security, gpu_toleration
 from .owner import Owner
 
 SOURCE_DIR, OUT_DIR = "/source", "/artifacts"
@@ -26,16 +26,16 @@ def artifact_uri(spec: ModelDeploymentSpec, build_hash: str) -> str:
     return f"{store}/{build_hash}/{spec.model.name}/{spec.model.version}"
 
 
-def _volume(name: str, uri: str, read_only: bool) -> tuple[dict[str, Any], str | None]:
+def uri_volume(name: str, uri: str, read_only: bool) -> tuple[dict[str, Any], str | None]:
     """A volume for a pvc:// or host path URI, and the subPath inside it."""
     if uri.startswith("pvc://"):
-        claim, _, sub_path = uri.removeprefix("pvc://").partition("/")
+        claim, sub_path = claim_and_path(uri)
         return {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}, sub_path or None
     kind = "Directory" if read_only else "DirectoryOrCreate"
     return {"name": name, "hostPath": {"path": uri, "type": kind}}, None
 
 
-def _mount(name: str, path: str, sub_path: str | None, read_only: bool) -> dict[str, Any]:
+def volume_mount(name: str, path: str, sub_path: str | None, read_only: bool) -> dict[str, Any]:
     mount = {"name": name, "mountPath": path, "readOnly": read_only}
     if sub_path:
         mount["subPath"] = sub_path
@@ -70,15 +70,15 @@ def _builder(spec: ModelDeploymentSpec, source_mount: dict[str, Any], out_mount:
 
 def render_build_job(owner: Owner, spec: ModelDeploymentSpec, build_hash: str) -> dict[str, Any]:
     build = spec.build
-    source_volume, source_sub = _volume("source", build.source.uri, read_only=True)
+    source_volume, source_sub = uri_volume("source", build.source.uri, read_only=True)
     volumes = [source_volume, {"name": "tmp", "emptyDir": {}}]
-    source_mount = _mount("source", SOURCE_DIR, source_sub, read_only=True)
+    source_mount = volume_mount("source", SOURCE_DIR, source_sub, read_only=True)
     store = build.artifacts.uri
     init_containers: list[dict[str, Any]] = []
     if store.startswith("s3://"):
         # Build into the pod, then upload: the termination message comes from the build init container.
         volumes.append({"name": "artifacts", "emptyDir": {}})
-        builder = _builder(spec, source_mount, _mount("artifacts", OUT_DIR, None, read_only=False))
+        builder = _builder(spec, source_mount, volume_mount("artifacts", OUT_DIR, None, read_only=False))
         upload = {
             "name": "upload",
             "image": DEFAULT_S3_FETCH_IMAGE,
@@ -94,9 +94,9 @@ def render_build_job(owner: Owner, spec: ModelDeploymentSpec, build_hash: str) -
             upload["envFrom"] = [{"secretRef": {"name": build.artifacts.credentials_secret}}]
         init_containers, containers = [builder], [upload]
     else:
-        out_volume, out_sub = _volume("artifacts", store, read_only=False)
+        out_volume, out_sub = uri_volume("artifacts", store, read_only=False)
         volumes.append(out_volume)
-        containers = [_builder(spec, source_mount, _mount("artifacts", OUT_DIR, out_sub, read_only=False))]
+        containers = [_builder(spec, source_mount, volume_mount("artifacts", OUT_DIR, out_sub, read_only=False))]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the builder never talks to the API server

@@ -38,12 +38,22 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "timeoutSeconds": 5, "failureThreshold": failures}
 
 
+def claim_and_path(uri: str) -> tuple[str, str]:
+    """pvc://CLAIM/PATH -> (CLAIM, PATH); PATH may be empty."""
+    claim, _, sub_path = uri.removeprefix("pvc://").partition("/")
+    return claim, sub_path
+
+
+def claim_of(uri: str) -> str:
+    return claim_and_path(uri)[0]
+
+
 def _model_source(spec: ModelDeploymentSpec) -> tuple[list[dict], list[dict], list[dict]]:
     """Volumes, triton mounts and init containers that place the model at /models/NAME/VERSION."""
     model = spec.model
     target = posixpath.join(MODEL_ROOT, model.name, str(model.version))
     if model.uri.startswith("pvc://"):
-        claim, _, sub_path = model.uri.removeprefix("pvc://").partition("/")
+        claim, sub_path = claim_and_path(model.uri)
         volume = {"name": "model-source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         mount = {"name": "model-source", "mountPath": target, "readOnly": True}
         if sub_path:
