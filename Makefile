@@ -25,8 +25,16 @@ tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/
 	$(PY) -m peakserve_harness.metrics.prometheus install
 	$(PY) -m peakserve_harness.triton.install
 
-test: tools ## run the tests: unit, then integration against a real control plane (all but test-rollouts')
-	$(PY) -m pytest -q -m "not real_pods"
+test: tools ## run the tests: unit, then integration against a real control plane (all but test-rollouts' and test-autoscaling's)
+	$(PY) -m pytest -q -m "not real_pods and not autoscaling_loop"
+
+.PHONY: test-autoscaling
+test-autoscaling: tools keda ## the closed loops: HPA (queue time vs request rate, side by side) and KEDA, on real tritonservers
+	$(PY) -m pytest -q -m autoscaling_loop
+
+.PHONY: keda
+keda: install ## build KEDA (operator, metrics server) from its Go module into ~/.cache/peakserve (cold: long)
+	$(PY) -m peakserve_harness.controlplane.keda_binaries
 
 .PHONY: test-rollouts
 test-rollouts: tools ## the real-Triton suites: rollout scenarios under load, the probed-node pod agent (~8 min)
@@ -83,8 +91,11 @@ bench-rollouts: tools ## rollout scenarios on real Triton pods: time to rollback
 	PEAKSERVE_ROLLOUT_FIGURES=benchmarks/results/rollouts.json $(PY) -m pytest -q -s tests/integration/test_rollouts.py
 
 .PHONY: plan
-plan: install ## capacity plan for the shipped Singles' Day trace: benchmarks/results/plan/plan.{json,png}
-	$(PEAKSERVE) plan --out benchmarks/results/plan
+plan: install ## the policy comparison on both shipped traces: benchmarks/results/plan*/plan.{json,png}
+	mkdir -p benchmarks/results/plan benchmarks/results/plan-service-days
+	$(PEAKSERVE) plan --out benchmarks/results/plan | tee benchmarks/results/plan/plan.txt
+	$(PEAKSERVE) plan --trace traces/service-days.csv --dt 5 --out benchmarks/results/plan-service-days \
+		| tee benchmarks/results/plan-service-days/plan.txt
 
 clean: ## remove the virtualenv (the binary cache in ~/.cache/peakserve stays)
 	rm -rf $(VENV)

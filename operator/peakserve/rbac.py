@@ -1,5 +1,5 @@
-"""Every permission the operator uses, and why. The Helm chart's RBAC must match this list exactly
-(tests/unit/test_chart.py), and tests/integration/test_helm.py proves it is enough and no more."""
+"""Every permission the operator uses, and why. The Helm chart's RBAC must match these lists exactly
+(tests/linters/test_chart.py), and tests/integration/test_helm.py proves it is enough and no more."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
      "apply the KEDA ScaledObject (engine keda), delete it when the engine or autoscaling changes"),
     ("batch", "jobs", ("get", "list", "watch", "create", "patch"),
      "start the model build and canary analysis Jobs, watch them finish, record their results on them"),
+]
+
+# Cluster-wide reads for PromotionReady (decide/promotion.py), made only while a promotion schedule is inside its
+# readiness horizon. Granted cluster-wide in both modes (a ClusterRole of its own with watchNamespaces): GPU nodes
+# and the pods holding their GPUs are not in any watched namespace. Lists only: no get, no watch, no Secrets.
+CAPACITY_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
+    ("", "nodes", ("list",), "the allocatable GPUs of the product, for PromotionReady"),
+    ("", "pods", ("list",), "the GPUs that pods of all namespaces hold on those nodes, for PromotionReady"),
 ]
 
 # Only with --peering (HA): kopf's peering objects elect the active operator.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -56,6 +58,33 @@ class Kubectl:
                 return None
             raise AssertionError(proc.stderr)
         return json.loads(proc.stdout)
+
+    @contextlib.contextmanager
+    def watch(self, kind: str, name: str, namespace: str) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+        """`kubectl get --watch`: every version of the object while the block runs, for states too brief to poll.
+        Yields a function that returns the versions seen so far."""
+        proc = subprocess.Popen([self.binary, f"--kubeconfig={self.kubeconfig}", "get", kind, name, "-n", namespace,
+                                 "--watch", "-o", "json"], stdout=subprocess.PIPE, text=True)
+        seen: list[dict[str, Any]] = []
+
+        def read() -> None:  # kubectl writes one JSON document after another, each over several lines
+            decoder, buffer = json.JSONDecoder(), ""
+            for line in proc.stdout:
+                buffer += line
+                try:
+                    obj, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    continue
+                seen.append(obj)
+                buffer = buffer.lstrip()[end:]
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            yield lambda: list(seen)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
         args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])

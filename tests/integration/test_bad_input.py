@@ -59,6 +59,11 @@ CASES = [
     ("max-missing", {"autoscaling": {"minReplicas": 1}}, "spec.autoscaling.maxReplicas: Required value"),
     ("gpu-util-over-100", {"autoscaling": {"maxReplicas": 4, "metric": "gpuUtilization", "target": 150}},
      "spec.autoscaling.target: Invalid value"),
+    # The capacity metrics (requestRate, the default) aim at targetUtilization of the capacity, not at a target.
+    ("target-with-request-rate", {"autoscaling": {"maxReplicas": 4, "target": 100}},
+     "requestRate and concurrency aim at targetUtilization of the capacity"),
+    ("utilization-over-100", {"autoscaling": {"maxReplicas": 4, "targetUtilization": 120}},
+     "spec.autoscaling.targetUtilization: Invalid value: 120"),
     ("metric-enum", {"autoscaling": {"maxReplicas": 4, "metric": "qps"}},
      'spec.autoscaling.metric: Unsupported value: "qps"'),
     ("unknown-field", {"replica": 3}, 'unknown field "spec.replica"'),

@@ -112,7 +112,7 @@ def test_readme_install_steps_with_the_chart_identity(kubectl, cluster, admin_op
         denied = [
             ("get", "secrets", "-A"),
             ("delete", "node", "gpu-a10-0", "--dry-run=server"),
-            ("get", "nodes"),
+            ("get", "node", "gpu-a10-0"),   # nodes may be listed (PromotionReady), never read one by one
             ("create", "clusterrolebinding", "escalate", "--clusterrole=cluster-admin",
              "--serviceaccount=peakserve-system:peakserve", "--dry-run=server"),
             ("delete", "namespace", "default", "--dry-run=server"),
@@ -163,6 +163,8 @@ def test_install_upgrade_uninstall(kubectl, cluster, tmp_path):
         assert kubectl.get("configmap", "ps-peakserve-dashboard", ns) is None
         assert kubectl.get("clusterrole", "ps-peakserve") is None
         assert kubectl.get("role", "ps-peakserve", "team-a")
+        # PromotionReady's cluster-wide lists of nodes and pods keep a ClusterRole of their own.
+        assert kubectl.get("clusterrole", "ps-peakserve-capacity")
         # The pre-upgrade hook ran (KWOK completes its pod) and cleaned up after itself on success.
         history = _helm(cluster, "history", "ps", "-n", ns, "-o", "json").stdout
         assert [r["status"] for r in json.loads(history)] == ["superseded", "deployed"]

@@ -323,6 +323,63 @@ def test_gpu_utilization_is_a_fraction_served_in_milli_units(stack, kubectl, ns)
         server.server_close()
 
 
+class _CounterExposition(http.server.BaseHTTPRequestHandler):
+    """Triton's two counters growing at known rates: 12.5 requests/s that each spend 0.2 s in Triton, so
+    2.5 requests are in flight on average (Little's law), on two models (split 10 + 2.5 requests/s)."""
+
+    START = time.time()
+
+    def do_GET(self):  # noqa: N802
+        elapsed = time.time() - self.START
+        lines = ["# TYPE nv_inference_request_success counter", "# TYPE nv_inference_request_duration_us counter"]
+        for model, rate in (("a", 10.0), ("b", 2.5)):
+            lines.append(f'nv_inference_request_success{{model="{model}",version="1"}} {rate * elapsed:.3f}')
+            lines.append(f'nv_inference_request_duration_us{{model="{model}",version="1"}} '
+                         f'{rate * 0.2e6 * elapsed:.3f}')
+        body = ("\n".join(lines) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_request_rate_and_requests_in_flight_are_served_per_pod_in_milli_units(stack, kubectl, ns):
+    kubectl.apply({**_deployment("rate"), "metadata": {"name": "rate", "namespace": ns}})
+    pod = _running_pod(kubectl, ns, "app=rate")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CounterExposition)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = f"127.0.0.1:{server.server_address[1]}"
+        stack.set_targets([(target, {"namespace": ns, "pod": pod})])
+        stack.prometheus.wait_scraped(target, timeout=30)
+        seen: dict[str, list[str]] = {}
+
+        def settled(metric: str, expected: float):
+            """The served value once the 30 s rate() window is full of samples (until then rate() divides a
+            few seconds' increase by the whole window and reads low)."""
+            item = _served(kubectl, ns, metric).get(pod)
+            if item:
+                seen.setdefault(metric, []).append(item["value"])
+            return item if item and parse_quantity(item["value"]) == pytest.approx(expected, rel=0.05) else None
+
+        # requests/s summed over the pod's models (10 + 2.5): "12500m", as render/autoscaler.py's targets are written
+        rate = wait_for(lambda: settled("triton_request_rate", 12.5), timeout=75, interval=1,
+                        what=f"triton_request_rate of {pod} to be 12.5 requests/s")
+        # requests in flight: 0.2 s x 12.5 requests/s = 2.5, not µs (2.5e6) nor per model
+        flight = wait_for(lambda: settled("triton_requests_in_flight", 2.5), timeout=30, interval=1,
+                          what=f"triton_requests_in_flight of {pod} to be 2.5")
+        print(f"\nserved while the window filled: {seen}; settled at {rate['value']}, {flight['value']}",
+              file=sys.stderr)
+    finally:
+        stack.set_targets([])
+        server.shutdown()
+        server.server_close()
+
+
 def test_stop_unregisters_and_leaves_no_process(stack, kubectl):
     pids = [stack.prometheus.pid, stack.adapter.pid]
     stack.stop()

@@ -299,9 +299,13 @@ def test_without_a_free_gpu_one_stable_pod_at_a_time_makes_room(kubectl, operato
         lowest[0] = min(lowest[0], ready)
         return ready
 
-    kubectl.apply(md("ranker", ns, replicas=4, serving={**h100, "image": image}))
-    wait_for(lambda: ready_pods() >= 0 and rollout_status(kubectl, ns).get("madeRoom") == 1, timeout=60,
-             interval=0.2, what="one stable pod making room for the canary")
+    # KWOK pods are Ready at once: the made-room phase may last less than one poll, so every version of the
+    # ModelDeployment is watched rather than sampled.
+    with kubectl.watch("modeldeployment", "ranker", ns) as seen:
+        kubectl.apply(md("ranker", ns, replicas=4, serving={**h100, "image": image}))
+        wait_for(lambda: ready_pods() >= 0 and any(((v.get("status") or {}).get("rollout") or {}).get("madeRoom") == 1
+                                                   for v in seen()), timeout=60, interval=0.2,
+                 what="one stable pod making room for the canary")
 
     def promoted() -> bool:
         ready_pods()
@@ -309,5 +313,7 @@ def test_without_a_free_gpu_one_stable_pod_at_a_time_makes_room(kubectl, operato
         return (dep["spec"]["template"]["spec"]["containers"][0]["image"] == image and canary_gone(kubectl, ns)
                 and dep["status"].get("updatedReplicas") == 4 and dep["status"].get("readyReplicas") == 4)
     wait_for(promoted, timeout=120, interval=0.2, what="the stable side on the new image, all four pods Ready")
-    assert rollout_status(kubectl, ns)["phase"] == "Stable"
+    # The pass that deletes the canary reports Promoting; the next one (on the deletion) reports Stable.
+    wait_for(lambda: ready_pods() >= 0 and rollout_status(kubectl, ns).get("phase") == "Stable", timeout=30,
+             interval=0.2, what="the rollout reported Stable")
     assert lowest[0] >= 3, f"ready pods fell to {lowest[0]}: more than one at a time"

@@ -205,8 +205,12 @@ def test_adapter_rules_are_the_file_the_dev_stack_loads(rendered):
 def test_namespaced(rendered):
     docs = rendered["namespaced"]
     assert not find(docs, "ClusterRole", FULLNAME) and not find(docs, "ClusterRoleBinding", FULLNAME)
-    # The only cluster-scoped RBAC left is the CRD-upgrade hook's.
-    assert [d["metadata"]["name"] for d in find(docs, "ClusterRole")] == [HOOK_NAME]
+    # The only cluster-scoped RBAC left: the CRD-upgrade hook's, and PromotionReady's lists of nodes and pods.
+    capacity = f"{FULLNAME}-capacity"
+    assert sorted(d["metadata"]["name"] for d in find(docs, "ClusterRole")) == sorted([HOOK_NAME, capacity])
+    assert rules_of(one(docs, "ClusterRole", capacity)) == rbac.as_policy_rules(rbac.CAPACITY_RULES)
+    assert one(docs, "ClusterRoleBinding", capacity)["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     for ns in ("team-a", "team-b"):
         role = one(docs, "Role", FULLNAME, ns)
         assert rules_of(role) == rbac.as_policy_rules(rbac.OPERATOR_RULES)
@@ -234,7 +238,7 @@ def test_ha(rendered):
     assert peering["metadata"]["name"] == "peakserve-ha" and "namespace" not in peering["metadata"]
     assert not find(docs, "KopfPeering")
     role = one(docs, "ClusterRole", FULLNAME)
-    assert rules_of(role) == rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.PEERING_RULES)
+    assert rules_of(role) == rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.CAPACITY_RULES + rbac.PEERING_RULES)
 
 
 def test_ha_namespaced(rendered):
@@ -526,12 +530,13 @@ def test_versions_agree():
 
 
 def test_operator_rbac_is_rbac_py(rendered):
-    assert rules_of(one(rendered["default"], "ClusterRole", FULLNAME)) == rbac.as_policy_rules(rbac.OPERATOR_RULES)
+    assert rules_of(one(rendered["default"], "ClusterRole", FULLNAME)) == \
+        rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.CAPACITY_RULES)
     binding = one(rendered["default"], "ClusterRoleBinding", FULLNAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert rules_of(one(rendered["ha"], "ClusterRole", FULLNAME)) == \
-        rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.PEERING_RULES)
+        rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.CAPACITY_RULES + rbac.PEERING_RULES)
 
 
 @pytest.mark.parametrize("name", [n for n in RENDERINGS if n != "minimal"])

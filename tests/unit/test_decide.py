@@ -32,8 +32,8 @@ UPDATE = os.environ.get("PEAKSERVE_UPDATE_GOLDEN") == "1"
 DEFAULT_NOW = "2026-11-10T09:30:00Z"
 UID = "6f1c2a3e-0000-4000-8000-000000000001"  # the ownerReferences uid of cases.yaml
 SLOTS = ("deployment", "hpa", "scaled_object", "headroom", "build_job", "pods", "build_pods",
-         "canary", "analysis_job", "analysis_pods", "claim")
-LISTS = ("pods", "build_pods", "analysis_pods")
+         "canary", "analysis_job", "analysis_pods", "claim", "nodes", "node_pods")
+LISTS = ("pods", "build_pods", "analysis_pods", "nodes", "node_pods")
 CURRENT = "CURRENT"  # in a case: the pod-template hash the case's own spec renders
 
 

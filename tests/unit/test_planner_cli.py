@@ -17,6 +17,7 @@ from peakserve.planner.trace import load, loads
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "traces" / "singles-day.csv"
+SERVICE_DAYS = REPO / "traces" / "service-days.csv"
 CRD = REPO / "crds" / "peakserve.io_modeldeployments.yaml"
 
 SPEC = """\
@@ -34,6 +35,7 @@ spec:
   autoscaling:
     minReplicas: 2
     maxReplicas: 40
+    metric: queueTime
     target: 1500
     scaleDown: {stabilizationWindowSeconds: 600}
     leadTimeSeconds: 300
@@ -58,22 +60,47 @@ def test_plan_end_to_end_writes_png_and_json(tmp_path, capsys):
     out = tmp_path / "out"
     assert run(["--trace", str(SHIPPED), "--dt", "5", "--out", str(out), "--progress"]) == 0
     captured = capsys.readouterr()
-    for text in ("static peak", "reactive HPA", "schedule + metric HPA", "oracle", "GPU-hours",
+    for text in ("static peak", "reactive HPA", "queueTime HPA + schedule", "requestRate HPA alone",
+                 "requestRate HPA + schedule", "oracle", "GPU-hours", "x oracle",
                  "recommendation: minReplicas 36 from 4 min before", "leadTimeSeconds: 240"):
         assert text in captured.out
-    assert "simulating schedule" in captured.err and "100%" in captured.err
+    assert "simulating predictive" in captured.err and "100%" in captured.err
     assert (out / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "plan.png").stat().st_size > 50_000
     document = json.loads((out / "plan.json").read_text())
     by_name = {r["policy"]: r for r in document["results"]}
-    assert set(by_name) == {"static", "reactive", "schedule", "metric", "oracle"}
+    assert set(by_name) == {"static", "reactive", "queue", "signal", "schedule", "predictive", "oracle"}
     assert by_name["static"]["gpuHours"] == 864.0 and by_name["static"]["sloViolationMinutes"] == 0
     assert by_name["schedule"]["sloViolationMinutesAtStep"] == 0
-    assert by_name["oracle"]["gpuHours"] < by_name["schedule"]["gpuHours"] < by_name["static"]["gpuHours"]
+    assert by_name["oracle"]["gpuHours"] < by_name["schedule"]["gpuHours"] < by_name["queue"]["gpuHours"]
+    # The signal without the schedule is late for the announced step; the schedule fixes that.
+    assert by_name["signal"]["sloViolationMinutesAtStep"] > 0
+    # 24 hours hold no day of history: the predictive floor adds nothing to the schedule.
+    assert by_name["predictive"]["gpuHours"] == by_name["schedule"]["gpuHours"]
+    assert document["recommended"]["policy"] == "predictive"
+    assert by_name["predictive"]["oracleRatio"] == document["recommended"]["oracleRatio"]
     assert document["recommendation"]["minReplicas"] == 36
     assert document["recommendation"]["leadTimeSeconds"] == 240
     assert document["hpa"]["floors"][0]["startOffsetSeconds"] == 8 * 3600
     assert len(document["perMinute"]["schedule"]["replicas"]) == 24 * 60
+
+
+def test_plan_runs_on_a_trace_without_an_announced_promotion(tmp_path, capsys):
+    """Eight days without a promotion: no schedule, the first 25 h are history, and the predictive floor is
+    what keeps the recurring spikes within the SLO."""
+    out = tmp_path / "out"
+    assert run(["--trace", str(SERVICE_DAYS), "--dt", "10", "--out", str(out)]) == 0
+    captured = capsys.readouterr().out
+    assert "announced start none" in captured and "recommendation:" not in captured
+    document = json.loads((out / "plan.json").read_text())
+    by_name = {r["policy"]: r for r in document["results"]}
+    assert set(by_name) == {"static", "reactive", "queue", "signal", "predictive", "oracle"}
+    assert document["trace"]["historySeconds"] == 25 * 3600
+    signal, predictive = by_name["signal"], by_name["predictive"]
+    assert predictive["sloViolationMinutes"] * 5 < signal["sloViolationMinutes"]
+    assert predictive["gpuHours"] < by_name["queue"]["gpuHours"] < by_name["static"]["gpuHours"]
+    assert document["recommended"]["forecastMapePercent"] is not None
+    assert document["recommendation"] is None
 
 
 def test_plan_takes_bounds_target_and_schedules_from_the_spec(tmp_path, capsys):
@@ -83,7 +110,8 @@ def test_plan_takes_bounds_target_and_schedules_from_the_spec(tmp_path, capsys):
     assert run(["--trace", str(SHIPPED), "-f", str(spec), "--dt", "5", "--out", str(out)]) == 0
     document = json.loads((out / "plan.json").read_text())
     hpa = document["hpa"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"], hpa["target"]) == (2, 40, 1500.0)
+    assert (hpa["minReplicas"], hpa["maxReplicas"], hpa["queueTarget"]) == (2, 40, 1500.0)
+    assert (hpa["metric"], hpa["target"]) == ("requestRate", 160.0)  # 80% of 200 requests/s
     assert hpa["floors"] == [{"name": "singles-day", "startOffsetSeconds": 8 * 3600.0,
                               "endOffsetSeconds": 11 * 3600.0, "minReplicas": 38, "leadSeconds": 300.0}]
     assert document["model"]["batchDelayUs"] == 0.0  # dynamic batching off in the spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def run_all(trace: Trace, model: ServiceModel, **kwargs):
     announced = trace.announced_s
     static = model.replicas_for(trace.peak_rps())
     rec = recommend(trace, model, announced_s=announced, startup_s=STARTUP, max_replicas=static, dt=DT)
-    scenario = Scenario(1, static, rec.target_us, Behavior.rendered(), (rec.floor(),))
+    # The request-rate signal at 80% of capacity; the queue-time HPA at the recommended queue time.
+    scenario = Scenario(1, math.ceil(static / 0.8), 0.8 * model.capacity_rps, Behavior.rendered(), (rec.floor(),),
+                        queue_target=rec.target_us, predictive_per_replica=0.8 * model.capacity_rps)
     results = compare(trace, model, scenario.policies(static), startup_s=STARTUP, dt=DT,
                       step_window=(announced, announced + 3600.0), **kwargs)
     return rec, {r.name: r for r in results}
@@ -144,19 +147,22 @@ def test_shipped_static_and_oracle_bracket_the_others(shipped):
     _, _, _, results = shipped
     static, oracle = results["static"], results["oracle"]
     assert static.violation_minutes == 0 and oracle.violation_minutes == 0
-    assert static.gpu_hours == max(r.gpu_hours for r in results.values())
+    # Triton's example runs at maxReplicas (above the static peak) all day behind the batcher's delay.
+    assert static.gpu_hours == max(r.gpu_hours for r in results.values() if r.name != "reactive")
     assert oracle.gpu_hours == min(r.gpu_hours for r in results.values())
     assert static.peak_replicas == 36  # ceil(7196 / 200)
 
 
 def test_shipped_schedule_meets_the_step_with_far_fewer_gpu_hours(shipped):
     _, _, rec, results = shipped
-    schedule, metric, static = results["schedule"], results["metric"], results["static"]
+    schedule, metric, static = results["schedule"], results["signal"], results["static"]
     assert rec.min_replicas == 36 and rec.lead_s == 240
     assert schedule.step_violation_minutes == 0
-    assert schedule.gpu_hours < 0.4 * static.gpu_hours  # ~275 vs 864
+    assert schedule.gpu_hours < 0.25 * static.gpu_hours  # ~190 vs 864
+    assert schedule.gpu_hours < 0.75 * results["queue"].gpu_hours  # the queue-time HPA saws above demand
     assert metric.step_violation_minutes >= 8  # the same HPA without the schedule: ~11 minutes
-    assert schedule.violation_minutes <= 6  # what is left is the unannounced flash spike
+    # What is left is the unannounced flash spike at 11:00 (19 h into the trace) and the 4 minutes to serve it.
+    assert all(19 * 60 <= m < 19 * 60 + 10 for m in schedule.violated_minutes(100.0))
     assert schedule.violation_minutes + 5 <= metric.violation_minutes
 
 

@@ -277,6 +277,58 @@ def test_hpa_metric_and_unit(render, metric, target, name, value):
     assert m["pods"]["target"] == {"type": "AverageValue", "averageValue": value}
 
 
+@pytest.mark.parametrize("autoscaling,name,value", [
+    # targetUtilization (70%) of the capacity, per pod, as a quantity in milli-units
+    ({"metric": "requestRate", "capacity": {"requestsPerSecond": 70}}, "triton_request_rate", "49000m"),
+    ({"metric": "requestRate", "capacity": {"requestsPerSecond": 0.5}, "targetUtilization": 50},
+     "triton_request_rate", "250m"),
+    # in flight from the rate by Little's law: 70 requests/s x 100 ms = 7, 70% of it 4.9
+    ({"metric": "concurrency", "capacity": {"requestsPerSecond": 70}}, "triton_requests_in_flight", "4900m"),
+    ({"metric": "concurrency", "capacity": {"concurrency": 8}}, "triton_requests_in_flight", "5600m"),
+    # no capacity known offline: queue time at its default target
+    ({"metric": "requestRate"}, "triton_queue_time_per_request_us", "50000"),
+])
+def test_hpa_capacity_metrics_in_milli_units(render, autoscaling, name, value):
+    hpa = render({"autoscaling": {"maxReplicas": 4, "targetUtilization": 70, **autoscaling}})[
+        "HorizontalPodAutoscaler"]["spec"]
+    (m,) = hpa["metrics"]
+    assert m["pods"]["metric"] == {"name": name}
+    assert m["pods"]["target"] == {"type": "AverageValue", "averageValue": value}
+
+
+def test_hpa_takes_the_metric_and_target_in_force_from_the_plan(spec_dict):
+    from peakserve.render import ScalingPlan, render_children
+    from peakserve.render.owner import Owner
+
+    spec = parse_spec(spec_dict({"autoscaling": {"maxReplicas": 4}}))
+    plan = ScalingPlan(floor=3, metric="requestRate", target=42.1234)
+    (hpa,) = [c for c in render_children(Owner("ranker", "default", "u"), spec, scaling=plan)
+              if c["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["minReplicas"] == 3
+    assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "42123m"
+
+
+@pytest.mark.parametrize("metric,target,query,threshold", [
+    ("requestRate", 49.0, 'sum(rate(nv_inference_request_success{SEL}[30s]))', "49"),
+    ("concurrency", 4.9, 'sum(rate(nv_inference_request_duration_us{SEL}[30s])) / 1e6', "4.9"),
+])
+def test_keda_capacity_triggers_are_deployment_sums_averaged_by_keda(spec_dict, metric, target, query, threshold):
+    from peakserve.render.keda import render_scaled_object
+    from peakserve.render.owner import Owner
+
+    schedule = {"name": "promo", "start": "2026-11-11T00:00:00", "end": "2026-11-11T02:00:00", "minReplicas": 8}
+    spec = parse_spec(spec_dict({"autoscaling": {"maxReplicas": 10, "schedules": [schedule]}}))
+    obj = render_scaled_object(Owner("ranker", "shop", "u"), spec.autoscaling, 600, metric, target, 4)
+    prom, cron = obj["spec"]["triggers"]
+    sel = 'namespace="shop",pod=~"ranker-[a-z0-9]+-[a-z0-9]+"'
+    # AverageValue: KEDA divides the Deployment-wide sum by the replicas, so the threshold is per pod
+    assert prom == {"type": "prometheus", "metricType": "AverageValue", "metadata": {
+        "serverAddress": spec.autoscaling.prometheus_address, "query": query.replace("SEL", sel),
+        "threshold": threshold}}
+    assert cron["type"] == "cron" and cron["metadata"]["desiredReplicas"] == "8"   # unchanged
+    assert obj["spec"]["minReplicaCount"] == 4   # the predictive floor
+
+
 def test_hpa_targets_the_deployment(render):
     children = render({"autoscaling": {"maxReplicas": 4}})
     ref = children["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]

@@ -8,3 +8,6 @@ KWOK = "v0.7.0"
 PROMETHEUS_ADAPTER = "v0.12.0"
 # Gateway API CRDs (standard channel), from the Go module's config/crd/standard; installed on request only.
 GATEWAY_API = "v1.6.3"
+# KEDA (operator, external.metrics.k8s.io server, webhooks) from github.com/kedacore/keda/v2; built on request
+# (`make tools`, peakserve_harness.controlplane.keda_binaries) and run by controlplane/keda.py.
+KEDA = "v2.21.0"

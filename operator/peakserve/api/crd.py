@@ -127,6 +127,8 @@ PRINTER_COLUMNS = [
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas",
      "description": "Ready Triton pods"},
     {"name": "Desired", "type": "integer", "jsonPath": ".status.replicas", "priority": 1},
+    {"name": "Promotion", "type": "string", "jsonPath": '.status.conditions[?(@.type=="PromotionReady")].status',
+     "priority": 1, "description": "PromotionReady: the next promotion's floor fits the free GPUs"},
     {"name": "Precision", "type": "string", "jsonPath": ".status.precision",
      "description": "Precision being served (a build's choice)"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},

@@ -357,9 +357,17 @@ class ServingSpec(Spec):
 
 
 class Metric(str, Enum):
+    requestRate = "requestRate"
+    concurrency = "concurrency"
     queueTime = "queueTime"
     pendingRequests = "pendingRequests"
     gpuUtilization = "gpuUtilization"
+
+
+# The signals proportional to load: their target is a share of one replica's capacity.
+CAPACITY_METRICS = ("requestRate", "concurrency")
+# The target of the other metrics when spec.autoscaling.target is left out, in their unit.
+DEFAULT_TARGETS = {"queueTime": 50_000, "pendingRequests": 4, "gpuUtilization": 70}
 
 
 class ScalingRules(Spec):
@@ -410,14 +418,45 @@ class Headroom(Spec):
                        description="Placeholder container image.")
 
 
+class Capacity(Spec):
+    """What one replica serves at the latency SLO: given (as `peakserve bench --capacity` measured it), or learned
+    online from Prometheus: the highest per-pod request rate, sustained over a 5-minute window, at which the
+    mean latency stayed under `sloMilliseconds`."""
+
+    requests_per_second: float | None = Field(
+        default=None, gt=0, le=1_000_000,
+        description="Requests/s one replica serves at the SLO. Unset: learned online (status.autoscaling.capacity).")
+    concurrency: float | None = Field(
+        default=None, gt=0, le=100_000,
+        description="Requests in flight (queued plus executing) per replica at that rate. Unset: learned, or "
+                    "requestsPerSecond x sloMilliseconds when only the rate is known.")
+    slo_milliseconds: int = Field(default=100, ge=1, le=600_000,
+                                  description="Mean request latency that counts as serving within the SLO.")
+    learn: bool = Field(default=True, description="Learn the capacity from Prometheus when it is not given.")
+
+
+class Predictive(Spec):
+    """A floor from the model's own history: the request rate of the next lead-time window, forecast from the same
+    time yesterday and last week scaled by the recent level, divided by the target per replica."""
+
+    enabled: bool = Field(default=True, description="Raise the floor to the forecast (never above maxReplicas).")
+    history_days: int = Field(default=8, ge=2, le=35,
+                              description="Days of request-rate history read from Prometheus.")
+    min_history_hours: int = Field(default=25, ge=25, le=840,
+                                   description="Less history than this: no forecast, and status says so.")
+
+
 class AutoscalingSpec(Spec):
     """Metric-driven replicas through a HorizontalPodAutoscaler. When set, spec.replicas is ignored
     and peakserve never writes the Deployment's replica count."""
 
     model_config = ConfigDict(json_schema_extra=cel(
         ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas"),
-        ("self.metric != 'gpuUtilization' || self.target <= 100",
+        ("self.metric != 'gpuUtilization' || !has(self.target) || self.target <= 100",
          "gpuUtilization target is a percentage (1-100)", ".target"),
+        ("!has(self.target) || !(self.metric in ['requestRate', 'concurrency'])",
+         "requestRate and concurrency aim at targetUtilization of the capacity; target is for the other metrics",
+         ".target"),
         ("self.schedules.all(s, s.minReplicas <= self.maxReplicas)",
          "a schedule's minReplicas must be <= maxReplicas", ".schedules"),
     ))
@@ -425,11 +464,23 @@ class AutoscalingSpec(Spec):
     min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
     metric: Metric = Field(
-        default=Metric.queueTime,
-        description="Load signal: queueTime (average queue time per request, microseconds), "
-                    "pendingRequests (requests waiting per pod), gpuUtilization (percent).")
-    target: int = Field(default=50_000, ge=1, le=100_000_000,
-                        description="Per-pod target of the metric, in its unit (us, requests or percent).")
+        default=Metric.requestRate,
+        description="Load signal: requestRate (requests/s served per pod) or concurrency (requests in flight per "
+                    "pod), both proportional to load and aimed at targetUtilization of the capacity; or queueTime "
+                    "(average queue time per request, microseconds), pendingRequests (requests waiting per pod), "
+                    "gpuUtilization (percent).")
+    target: int | None = Field(default=None, ge=1, le=100_000_000,
+                               description="queueTime, pendingRequests, gpuUtilization: per-pod target in the "
+                                           "metric's unit (default 50000 us, 4 requests, 70 percent).")
+    target_utilization: int = Field(default=80, ge=10, le=100,
+                                    description="requestRate, concurrency: percent of one replica's capacity "
+                                                "each pod is aimed at.")
+    capacity: Capacity = Field(default_factory=Capacity, description="One replica's capacity at the SLO.")
+    predictive: Predictive = Field(default_factory=Predictive,
+                                   description="A floor forecast from the request-rate history in Prometheus.")
+    readiness_horizon_seconds: int = Field(
+        default=86400, ge=0, le=30 * 86400,
+        description="How long before a schedule's start PromotionReady checks that its floor fits the free GPUs.")
     scale_up: ScalingRules = Field(
         default_factory=ScalingRules,
         description="How fast to add replicas. Defaults: no stabilization, up to 4 pods or 100% per 15s.")
@@ -442,7 +493,8 @@ class AutoscalingSpec(Spec):
                     "with Prometheus and cron triggers; auto: keda when the cluster serves ScaledObjects.")
     prometheus_address: str = Field(default=DEFAULT_PROMETHEUS, min_length=1, max_length=512,
                                     pattern=r"^https?://[^@?#\s]+$",
-                                    description="Prometheus that KEDA's triggers query (engine keda).")
+                                    description="Prometheus that scrapes the Triton pods: KEDA's triggers, capacity "
+                                                "learning and the predictive floor query it.")
     schedules: list[PromotionSchedule] = Field(
         default_factory=list, max_length=32,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
@@ -452,6 +504,10 @@ class AutoscalingSpec(Spec):
         description="How long before a schedule's start the floor rises. Default: the measured pod start and "
                     "model load time plus the metric pipeline delay (600 s until a start was measured).")
     headroom: Headroom | None = Field(default=None, description="Warm GPU placeholders, preempted by Triton pods.")
+
+    def target_value(self) -> int:
+        """The target of a metric that is not a capacity metric: the spec's, else the metric's default."""
+        return self.target if self.target is not None else DEFAULT_TARGETS[self.metric]
 
 
 class SourceFormat(str, Enum):
@@ -609,7 +665,8 @@ class ModelDeploymentSpec(Spec):
 class Condition(Spec):
     """A status condition, following the Kubernetes API conventions."""
 
-    type: str = Field(description="Ready, Progressing or Degraded.")
+    type: str = Field(description="Ready, Progressing or Degraded; BuildSucceeded with a build; PromotionReady "
+                                  "with promotion schedules (the next one's floor fits the free GPUs).")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="One CamelCase word that machines can match on.")
     message: str = Field(default="", description="What happened, for people.")
@@ -643,8 +700,54 @@ class BuildStatus(Spec):
     serving_hash: str | None = Field(default=None, description="The build hash the Triton pods run now.")
 
 
+class CapacityStatus(Spec):
+    """One replica's capacity at the SLO, and where it comes from."""
+
+    source: Literal["spec", "learned", "unknown"] = Field(
+        description="spec: spec.autoscaling.capacity; learned: from Prometheus; unknown: neither yet.")
+    requests_per_second: float | None = Field(default=None, description="Requests/s per replica at the SLO.")
+    concurrency: float | None = Field(default=None, description="Requests in flight per replica at that rate.")
+    samples: int | None = Field(default=None, description="5-minute per-pod windows it was learned from.")
+    within_slo: int | None = Field(default=None, description="Of those, the windows whose mean latency met the SLO.")
+    learned_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                   description="When it was last learned.")
+    message: str | None = Field(default=None, description="How it was obtained, or why it is not known.")
+
+
+class PredictiveStatus(Spec):
+    """The forecast floor: what was forecast, from how much history, and how wrong it has been."""
+
+    floor: int | None = Field(default=None, description="Replicas the forecast asks for (0: none).")
+    forecast_requests_per_second: float | None = Field(default=None,
+                                                       description="Highest forecast rate of the next window.")
+    window_seconds: int | None = Field(default=None,
+                                       description="Length of the forecast window: the lead time plus 300 s.")
+    history_hours: float | None = Field(default=None, description="History the forecast was made from.")
+    mape_percent: float | None = Field(default=None,
+                                       description="Mean absolute percentage error of the forecast over the last "
+                                                   "day of history (backtested).")
+    evaluated_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                     description="When the forecast was made.")
+    message: str | None = Field(default=None, description="What the forecast did, or why it did nothing.")
+
+
+class PromotionReadiness(Spec):
+    """Whether the next promotion's floor fits the free GPUs of its product."""
+
+    schedule: str = Field(description="The promotion checked.")
+    needed_gpus: int = Field(description="Floor x GPUs per replica.")
+    free_gpus: int = Field(description="Allocatable GPUs of the product minus what other pods hold (headroom "
+                                       "placeholders and this model's own pods count as free).")
+
+
 class AutoscalingStatus(Spec):
     """The replica floor the operator set, and why."""
+
+    metric: str | None = Field(default=None, description="The metric the autoscaler scales on now.")
+    target: str | None = Field(default=None, description="Its per-pod target now, with its unit.")
+    capacity: CapacityStatus | None = Field(default=None, description="Capacity per replica (capacity metrics).")
+    predictive: PredictiveStatus | None = Field(default=None, description="The predictive floor.")
+    promotion: PromotionReadiness | None = Field(default=None, description="The next promotion's GPU check.")
 
     engine: str | None = Field(default=None, description="hpa or keda.")
     floor: int | None = Field(default=None, description="The minReplicas in force now.")
@@ -707,7 +810,8 @@ class ModelDeploymentStatus(Spec):
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, Progressing, Degraded and, with spec.build, BuildSucceeded.")
+        description="Ready, Progressing, Degraded; with spec.build, BuildSucceeded; with promotion schedules, "
+                    "PromotionReady.")
     replicas: int | None = Field(default=None, description="Triton pods that exist.")
     ready_replicas: int | None = Field(default=None, description="Triton pods that are ready to serve.")
     updated_replicas: int | None = Field(default=None, description="Pods already on the current spec.")

@@ -62,8 +62,10 @@ def check_semantics(spec: ModelDeploymentSpec) -> None:
 # paths are the CRD's own, read from the models; tests/unit/test_planner_cli.py checks every rule has its twin.
 AUTOSCALING_RULES = {
     "self.minReplicas <= self.maxReplicas": lambda a: a.min_replicas <= a.max_replicas,
-    "self.metric != 'gpuUtilization' || self.target <= 100":
-        lambda a: a.metric != "gpuUtilization" or a.target <= 100,
+    "self.metric != 'gpuUtilization' || !has(self.target) || self.target <= 100":
+        lambda a: a.metric != "gpuUtilization" or a.target is None or a.target <= 100,
+    "!has(self.target) || !(self.metric in ['requestRate', 'concurrency'])":
+        lambda a: a.target is None or a.metric not in ("requestRate", "concurrency"),
     "self.schedules.all(s, s.minReplicas <= self.maxReplicas)":
         lambda a: all(s.min_replicas <= a.max_replicas for s in a.schedules),
 }

@@ -19,6 +19,7 @@ PLURALS = {
     "ConfigMap": "configmaps",
     "Service": "services",
     "Pod": "pods",
+    "Node": "nodes",
     "Event": "events",
     "Namespace": "namespaces",
     "Deployment": "deployments",
@@ -34,7 +35,7 @@ PLURALS = {
     api.KIND: api.PLURAL,
 }
 # Kinds that live outside namespaces.
-CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "CustomResourceDefinition", "APIService"}
+CLUSTER_SCOPED = {"Node", "Namespace", "PersistentVolume", "CustomResourceDefinition", "APIService"}
 
 ApiException = client.ApiException
 
@@ -115,8 +116,9 @@ class Kube:
             raise
 
     def list(self, api_version: str, kind: str, namespace: str | None,
-             label_selector: str = "") -> list[dict[str, Any]]:
+             label_selector: str = "", field_selector: str = "") -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        query += [("fieldSelector", field_selector)] if field_selector else []
         result = self.call("GET", resource_path(api_version, kind, namespace), query=query)
         return result.get("items", [])
 

@@ -7,12 +7,15 @@ the children show to be needed); this module carries the reads out.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from typing import Any
 
 from .. import api
-from ..decide.snapshot import ParsedSpec, Read, Snapshot, first_reads, second_reads
-from .client import Kube
+from ..decide.snapshot import ParsedSpec, Read, Snapshot, first_reads, promotion_reads, second_reads
+from ..decide.snapshot import RangeResult, metrics_reads
+from .client import ApiException, Kube
+from .prometheus import query_range
 
 KEDA = "keda.sh/v1alpha1"
 GATEWAY = "gateway.networking.k8s.io/v1"
@@ -41,15 +44,34 @@ def read_model_deployment(kube: Kube, namespace: str, name: str) -> dict[str, An
 
 
 def _read(kube: Kube, namespace: str, read: Read) -> Any:
+    scope = None if read.cluster else namespace
     if read.name is not None:
-        return kube.get(read.api_version, read.kind, namespace, read.name)
-    return tuple(kube.list(read.api_version, read.kind, namespace, read.selector or ""))
+        return kube.get(read.api_version, read.kind, scope, read.name)
+    return tuple(kube.list(read.api_version, read.kind, scope, read.selector or "", read.field_selector or ""))
 
 
-def observe(kube: Kube, body: dict[str, Any], spec: ParsedSpec, cause: str, discovery: Discovery) -> Snapshot:
+def observe(kube: Kube, body: dict[str, Any], spec: ParsedSpec, cause: str, discovery: Discovery,
+            now: dt.datetime | None = None) -> Snapshot:
+    now = now or dt.datetime.now(dt.timezone.utc)
     snap = Snapshot(body=body, cause=cause, keda_served=discovery.serves(KEDA),
                     gateway_served=discovery.serves(GATEWAY))
-    for reads in (first_reads, second_reads):
-        found = {read.slot: _read(kube, snap.namespace, read) for read in reads(snap, spec)}
+    for reads in (first_reads, second_reads, lambda s, p: promotion_reads(s, p, now)):
+        found = {}
+        for read in reads(snap, spec):
+            try:
+                found[read.slot] = _read(kube, snap.namespace, read)
+            except ApiException as err:
+                # A cluster-wide list refused (no ClusterRole for it): the slot stays unread, and PromotionReady
+                # says it could not check rather than the whole pass failing.
+                if not (read.cluster and err.status == 403):
+                    raise
         snap = dataclasses.replace(snap, **found, read=snap.read | frozenset(found))
+    # Prometheus, only for what is due (capacity learning, the predictive floor); failures come back as messages,
+    # and after one the pass asks no more (an unreachable Prometheus costs one timeout, not one per query).
+    answers: dict[str, RangeResult] = {}
+    for read in metrics_reads(snap, spec, now):
+        failed = next((a for a in answers.values() if a.error), None)
+        answers[read.slot] = failed or query_range(read)
+    if answers:
+        snap = dataclasses.replace(snap, metrics=answers, read=snap.read | {"metrics"})
     return snap

@@ -12,6 +12,7 @@ from typing import Any
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 BUILD_SUCCEEDED = "BuildSucceeded"
+PROMOTION_READY = "PromotionReady"  # decide/promotion.py: the next promotion's floor fits the free GPUs
 
 # Reasons
 SERVING = "Serving"
@@ -53,6 +54,8 @@ class Observed:
     build: dict[str, Any] | None = None  # status.build of the current spec's build, when spec.build is set
     creating: bool = False               # this pass creates the Deployment (it did not exist when read)
     rollout: dict[str, Any] | None = None  # status.rollout of this pass
+    scaled_object: dict[str, Any] | None = None  # our KEDA ScaledObject, when the engine resolves to keda
+    promotion: tuple[str, str, str] | None = None  # PromotionReady (status, reason, message), when checked
 
 
 def find(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any]:
@@ -220,16 +223,38 @@ def _degraded_condition(obs: Observed) -> tuple[str, str, str]:
         return "True", AUTOSCALER_FAILING, (
             f"The autoscaler cannot act: {active.get('message', '')}. "
             "Is the Triton metrics adapter installed? (README: Autoscaling)")
+    # KEDA's ScaledObject, when KEDA scales this spec: its own conditions, in KEDA's words. KEDA documents
+    # Ready (False: the ScaledObject or its triggers fail; Unknown with PartialTriggerError: some triggers fail
+    # while others are active; Unknown otherwise: not checked yet), Active (False is idle, not a failure),
+    # Fallback (True: a trigger fails and the fallback replicas are in force), HPAActive (its HPA's
+    # ScalingActive mirrored; False: the HPA cannot fetch KEDA's metrics); Paused is deliberate.
+    keda = ((obs.scaled_object or {}).get("status") or {}).get("conditions") or []
+    keda_ready, fallback, hpa_active = (find(keda, t) for t in ("Ready", "Fallback", "HPAActive"))
+    failing = [c for c, failed in (
+        (keda_ready, keda_ready.get("status") == "False"
+         or (keda_ready.get("status") == "Unknown" and keda_ready.get("reason") == "PartialTriggerError")),
+        (fallback, fallback.get("status") == "True"),
+        (hpa_active, hpa_active.get("status") == "False")) if failed]
+    if failing:
+        said = "; ".join(f"{c.get('type')}={c.get('status')} ({c.get('reason') or 'NoReason'})"
+                         + (f": {c['message']}" if c.get("message") else "") for c in failing)
+        name = ((obs.scaled_object or {}).get("metadata") or {}).get("name", "")
+        return "True", AUTOSCALER_FAILING, (
+            f"KEDA cannot scale with ScaledObject {name}: {said}. "
+            "Check the triggers' prometheusAddress and KEDA's operator log (README: Autoscaling)")
     return "False", AS_EXPECTED, "No problems observed."
 
 
 def derive_conditions(obs: Observed, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
-    """Ready, Progressing, Degraded. lastTransitionTime moves only when status changes."""
+    """Ready, Progressing, Degraded; BuildSucceeded with a build, PromotionReady with promotion schedules.
+    lastTransitionTime moves only when status changes."""
     before = {c.get("type"): c for c in previous or []}
     out = []
     checks = [(READY, _ready_condition), (PROGRESSING, _progressing_condition), (DEGRADED, _degraded_condition)]
     if obs.build is not None:
         checks.append((BUILD_SUCCEEDED, _build_condition))
+    if obs.promotion is not None:
+        checks.append((PROMOTION_READY, lambda o: o.promotion))
     for ctype, fn in checks:
         status, reason, message = fn(obs)
         old = before.get(ctype)

@@ -7,22 +7,24 @@ What it settles, in order:
    then: the rendered children, the rollout of a new pod template (decide/rollout.py: canary beside
    stable, steps, analysis, promotion or rollback), the replica hand-over to an HPA, the dry run of a
    new generation, and the children to prune; while a build holds the rollout, only the scaling;
-4. status (conditions included), the Events of its transitions, and the next wake-up.
+4. whether the next promotion's floor fits the free GPUs (PromotionReady, decide/promotion.py);
+5. status (conditions included), the Events of its transitions, and the next wake-up.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
 from ..api.identity import build_hash
-from ..api.spec import ModelDeploymentSpec
+from ..api.spec import ModelDeploymentSpec, PromotionReadiness
 from ..render import ScalingPlan, names, possible_children, render_children, render_scaling
 from ..render.route import render_route
 from ..render.build_job import artifact_uri, render_build_job
 from ..render.owner import Owner
 from ..render.service import endpoint
-from . import conditions
+from . import conditions, promotion
 from .build_job import BuildState, build_state, record_patch
 from .plan import HANDOVER_MANAGER, Apply, Delete, Event, Patch, Plan, status_dict
 from .conditions import CHANGE_FREEZE
@@ -119,6 +121,13 @@ def _observed(snap: Snapshot, spec: ModelDeploymentSpec | None, owner: Owner, in
               build: BuildState | None, applies: list[Apply], rollout: RolloutDecision | None) -> conditions.Observed:
     """What the conditions are derived from: the snapshot, and what this pass is about to create."""
     serving = spec.serving if spec else None
+    # Our ScaledObject speaks for the autoscaler when the spec's engine resolves to keda (and it is ours).
+    autoscaling = spec.autoscaling if spec and not invalid else None
+    keda_object = snap.scaled_object if autoscaling is not None and (
+        autoscaling.engine == "keda" or (autoscaling.engine == "auto" and snap.keda_served)) else None
+    if keda_object is not None and not any(ref.get("uid") == owner.uid for ref in
+                                           (keda_object.get("metadata") or {}).get("ownerReferences") or []):
+        keda_object = None
     return conditions.Observed(
         generation=snap.generation, deployment=snap.deployment,
         hpa=snap.hpa if spec and spec.autoscaling and not invalid else None, pods=list(snap.pods), invalid=invalid,
@@ -126,7 +135,8 @@ def _observed(snap: Snapshot, spec: ModelDeploymentSpec | None, owner: Owner, in
         gpu_product=serving.gpu_product if serving else None, endpoint=endpoint(owner)["http"],
         build=status_dict(build.status(serving_hash(snap.deployment))) if build else None,
         creating=snap.deployment is None and any(a.obj["kind"] == "Deployment" for a in applies),
-        rollout=status_dict(rollout.status) if rollout else snap.previous_status.get("rollout"))
+        rollout=status_dict(rollout.status) if rollout else snap.previous_status.get("rollout"),
+        scaled_object=keda_object)
 
 
 def _freeze(scaling: ScalingDecision | None) -> str | None:
@@ -168,7 +178,7 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
     scaling: ScalingDecision | None = None
     if valid and valid.autoscaling is not None:
         pods = snap.pods if "pods" in snap.read else None
-        scaling = decide_scaling(valid.autoscaling, snap.keda_served, pods, snap.previous_status, now)
+        scaling = decide_scaling(valid.autoscaling, snap.keda_served, pods, snap.previous_status, now, snap.metrics)
     if valid and valid.build is not None:
         build, creates, patches = _build(owner, valid, snap, _freeze(scaling))
         applies += creates
@@ -188,13 +198,28 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
         # A build that has not passed (or is frozen) holds the rollout, never the scaling: the floor of a
         # promotion moves the pods that serve now.
         applies += [Apply(c) for c in render_scaling(owner, valid, scaling.plan)]
-    status = derive_status(_observed(snap, valid, owner, invalid, build, applies, rollout), owner, valid, build,
-                           scaling, serving_hash(snap.deployment), snap.previous_status, now,
-                           rollout.status if rollout else None)
-    wakes = [w for w in (scaling.next_change if scaling else None, rollout.wake_at if rollout else None) if w]
+    promo = _promotion(valid, snap, scaling, now) if valid and not invalid and scaling else None
+    if promo is not None and promo.free is not None:
+        scaling = dataclasses.replace(scaling, status=scaling.status.model_copy(update={"promotion": PromotionReadiness(
+            schedule=promo.schedule, needed_gpus=promo.needed, free_gpus=promo.free)}))
+    observed = _observed(snap, valid, owner, invalid, build, applies, rollout)
+    observed.promotion = (promo.status, promo.reason, promo.message) if promo else None
+    status = derive_status(observed, owner, valid, build, scaling, serving_hash(snap.deployment),
+                           snap.previous_status, now, rollout.status if rollout else None)
+    wakes = [w for w in (scaling.next_change if scaling else None, scaling.wake_at if scaling else None,
+                         rollout.wake_at if rollout else None,
+                         promo.wake_at if promo else None) if w]
     return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
                 deletions=tuple(deletions), invalid=invalid, wake_at=min(wakes) if wakes else None,
                 **_status_write(snap.previous_status, status_dict(status)))
+
+
+def _promotion(spec: ModelDeploymentSpec, snap: Snapshot, scaling: ScalingDecision,
+               now: dt.datetime) -> promotion.Check | None:
+    """PromotionReady from the nodes and pods read this pass (decide/promotion.py)."""
+    nodes = snap.nodes if "nodes" in snap.read else None
+    pods = snap.node_pods if "node_pods" in snap.read else None
+    return promotion.check(spec, scaling.plan.lead_seconds, now, snap.namespace, snap.name, nodes, pods)
 
 
 def _status_write(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:

@@ -6,17 +6,21 @@ objects matter to a ModelDeployment lives next to the code that decides on them.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
+from ..api import schedules
 from ..api.identity import build_hash
-from ..api.spec import ModelDeploymentSpec
+from ..api.spec import GPU_PRODUCT_LABEL, ModelDeploymentSpec
 from ..api.validation import InvalidSpec
 from ..render import names
 from ..render.analysis_job import ANNOTATION_ANALYSIS_RESULT
 from ..render.deployment import claim_of
 from ..render.headroom import headroom_name
+from . import promotion
 from .build_job import needs_pods
+from . import capacity_target, predictive
 
 # Why this pass runs. A child event changes no spec: it reports, and converges only what the child's
 # change asks for (see decide.should_converge). The others converge everything.
@@ -28,6 +32,15 @@ CAUSES = (SPEC, CHILD, DRIFT, WAKE)
 
 Body = dict[str, Any]
 ParsedSpec = ModelDeploymentSpec | InvalidSpec  # the spec, or why it cannot be served
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """A Prometheus range query's answer: (labels, ((epoch seconds, value), ...)) per series; or why there is
+    none (the error, as a message: a Prometheus that cannot be reached never fails a pass)."""
+
+    series: tuple[tuple[dict[str, str], tuple[tuple[float, float], ...]], ...] = ()
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,10 @@ class Snapshot:
     analysis_job: Body | None = None         # the analysis Job of the canary's current step
     analysis_pods: tuple[Body, ...] = ()     # its pods, read only to recover an unrecorded result
     claim: Body | None = None                # the PersistentVolumeClaim a new canary would mount
+    nodes: tuple[Body, ...] = ()             # the GPU nodes, read only inside a promotion's readiness horizon
+    node_pods: tuple[Body, ...] = ()         # the non-terminated pods of all namespaces, read with `nodes`
+    # Prometheus range queries by MetricsRead.slot, read only when due (metrics_reads); empty: none this pass
+    metrics: Mapping[str, RangeResult] = field(default_factory=dict)
     read: frozenset[str] = field(default_factory=frozenset)
     rejected: str | None = None              # the API server refused the rendered children (dry run)
 
@@ -71,13 +88,16 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Read:
-    """One GET (by name) or LIST (by label selector) in the ModelDeployment's namespace."""
+    """One GET (by name) or LIST (by label selector) in the ModelDeployment's namespace; `cluster`: a LIST of
+    a cluster-scoped kind, or of a namespaced kind across all namespaces."""
 
     slot: str  # the Snapshot field the answer fills
     api_version: str
     kind: str
     name: str | None = None
     selector: str | None = None
+    field_selector: str | None = None
+    cluster: bool = False
 
 
 def first_reads(snap: Snapshot, spec: ParsedSpec) -> list[Read]:
@@ -89,10 +109,14 @@ def first_reads(snap: Snapshot, spec: ParsedSpec) -> list[Read]:
     reads = [Read("deployment", "apps/v1", "Deployment", child)]
     if pruning or (valid and spec.autoscaling is not None):
         reads.append(Read("hpa", "autoscaling/v2", "HorizontalPodAutoscaler", child))
+    # The ScaledObject is read to prune it, and whenever KEDA scales this spec: its conditions feed Degraded.
+    autoscaling = spec.autoscaling if valid else None
+    keda_engine = autoscaling is not None and (
+        autoscaling.engine == "keda" or (autoscaling.engine == "auto" and snap.keda_served))
     if pruning:
         reads.append(Read("headroom", "apps/v1", "Deployment", headroom_name(snap.name)))
-        if snap.keda_served:
-            reads.append(Read("scaled_object", "keda.sh/v1alpha1", "ScaledObject", child))
+    if (pruning and snap.keda_served) or keda_engine:
+        reads.append(Read("scaled_object", "keda.sh/v1alpha1", "ScaledObject", child))
     if valid and spec.build is not None:
         reads.append(Read("build_job", "batch/v1", "Job", names.build_job_name(snap.name, build_hash(spec))))
     if valid:
@@ -151,4 +175,68 @@ def second_reads(snap: Snapshot, spec: ParsedSpec) -> list[Read]:
     claim = _claim_read(snap, spec)
     if claim is not None:
         reads.append(claim)
+    return reads
+
+
+def promotion_reads(snap: Snapshot, spec: ParsedSpec, now: dt.datetime) -> list[Read]:
+    """The GPU nodes and the pods holding their GPUs, for PromotionReady (decide/promotion.py): read only
+    while a schedule is inside (or just before) its readiness horizon. Two cluster-wide LISTs: the nodes of
+    the product (label selector), and the non-terminated pods (field selector); decide keeps those on the nodes."""
+    if not isinstance(spec, ModelDeploymentSpec) or spec.autoscaling is None or not spec.autoscaling.schedules:
+        return []
+    measured = (snap.previous_status.get("autoscaling") or {}).get("measuredStartupSeconds")
+    if not promotion.needs_reads(spec, schedules.lead_time(spec.autoscaling, measured), now):
+        return []
+    product = spec.serving.gpu_product
+    return [Read("nodes", "v1", "Node", selector=f"{GPU_PRODUCT_LABEL}={product}" if product else None,
+                 cluster=True),
+            Read("node_pods", "v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                 cluster=True)]
+
+
+@dataclass(frozen=True)
+class MetricsRead:
+    """One Prometheus range query (/api/v1/query_range), carried out by cluster/prometheus.py."""
+
+    slot: str       # the key of Snapshot.metrics the answer fills
+    address: str    # spec.autoscaling.prometheusAddress
+    query: str
+    start: float    # epoch seconds
+    end: float
+    step: float     # seconds
+
+
+HISTORY_QUERY = "sum(rate(nv_inference_request_success{{{sel}}}[5m]))"
+POD_RATE_QUERY = "sum by (pod) (rate(nv_inference_request_success{{{sel}}}[5m]))"
+# Requests in flight per pod (Little's law: busy µs per second / 1e6). With the rate it gives the mean latency,
+# in flight / rate = sum(rate(duration_us)) / sum(rate(success)) / 1000 ms, so a third query is not needed.
+POD_IN_FLIGHT_QUERY = "sum by (pod) (rate(nv_inference_request_duration_us{{{sel}}}[5m])) / 1e6"
+LEARN_SECONDS = 86400   # the per-pod windows capacity is learned from: the last day
+
+
+def _pod_selector(snap: Snapshot) -> str:
+    # Deployment pods are named <deployment>-<replicaset hash>-<pod hash> (as render/keda.py's triggers select).
+    return f'namespace="{snap.namespace}",pod=~"{names.child_name(snap.name)}-[a-z0-9]+-[a-z0-9]+"'
+
+
+def metrics_reads(snap: Snapshot, spec: ParsedSpec, now: dt.datetime) -> list[MetricsRead]:
+    """The Prometheus reads that are due: the request-rate history for the predictive floor, and the per-pod
+    5-minute windows to learn the capacity from, each at most every REFRESH_SECONDS (status remembers when).
+    Nothing otherwise, so a pass over an object with nothing due costs no query."""
+    if not isinstance(spec, ModelDeploymentSpec) or spec.autoscaling is None:
+        return []
+    autoscaling = spec.autoscaling
+    before = snap.previous_status.get("autoscaling") or {}
+    sel = _pod_selector(snap)
+    step = predictive.STEP_SECONDS
+    end = now.timestamp() // step * step
+    reads = []
+    if predictive.forecast_due(autoscaling, before, now):
+        start = end - autoscaling.predictive.history_days * 86400   # 35 days at most: 10081 points
+        reads.append(MetricsRead("request_history", autoscaling.prometheus_address, HISTORY_QUERY.format(sel=sel),
+                                 start, end, step))
+    if capacity_target.learning_due(autoscaling, before.get("capacity"), now):
+        for slot, query in (("pod_rate", POD_RATE_QUERY), ("pod_in_flight", POD_IN_FLIGHT_QUERY)):
+            reads.append(MetricsRead(slot, autoscaling.prometheus_address, query.format(sel=sel),
+                                     end - LEARN_SECONDS, end, step))
     return reads

@@ -1,11 +1,13 @@
 """status of a ModelDeployment, derived in one place from what one pass observed and decided. Pure.
 
-Most of status is a fresh observation. Five fields are memory, because what they report cannot be
+Most of status is a fresh observation. Some fields are memory, because what they report cannot be
 seen again on a later pass; each says so where it is set:
 - status.build while the spec is invalid: an invalid spec says nothing new about the last build;
 - status.autoscaling while the spec is invalid: likewise for the floor last set;
 - status.precision while a newer build runs or failed: the pods still serve the last passed build;
 - status.autoscaling.measuredStartupSeconds: the longest start ever seen (decide/scaling.py);
+- status.autoscaling.capacity: the highest capacity ever learned (decide/capacity_target.py);
+- status.autoscaling.predictive: the last forecast, until the next one or until stale (decide/predictive.py);
 - status.rollout: the canary's step, when it started and the analyses' verdicts (decide/rollout.py).
 """
 

@@ -1,10 +1,12 @@
-"""`peakserve plan`: capacity planning for a promotion, by simulating the HPA under a trace.
+"""`peakserve plan`: capacity planning, by simulating the autoscaler under a traffic trace.
 
-Compares five ways to run the model through the trace: static peak provisioning, Triton's
-example HPA (queue time, 50 us, no behavior), peakserve's schedule + metric HPA, the same
-metric HPA without the schedule, and an oracle with perfect foresight. Prints SLO-violation
-minutes, GPU-hours, cost and peak replicas for each, and recommends the schedule's floor
-(minReplicas) and lead time. With --out DIR it writes plan.json and plan.png there.
+Compares the ways to run the model through the trace: static peak provisioning, Triton's example HPA
+(queue time, 50 us, no behavior), an HPA on queue time (peakserve's earlier default), the capacity-
+proportional signal (request rate per pod at targetUtilization of the capacity) alone, with the promotion
+schedule, and with the schedule plus the predictive floor (peakserve's default), and an oracle with perfect
+foresight. Prints SLO-violation minutes, GPU-hours (and their multiple of the oracle's), cost and peak
+replicas for each. With an announced promotion (the trace's `# announced:` line or --announced) it also
+recommends the schedule's floor (minReplicas) and lead time. With --out DIR it writes plan.json and plan.png.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ..api.spec import CAPACITY_METRICS
+
 DEFAULT_TRACE = "traces/singles-day.csv"
 DEFAULT_CAPACITY_RPS = 200.0
 DEFAULT_STARTUP_S = 180.0
+DEFAULT_UTILIZATION = 80   # percent: the spec's default targetUtilization
+PREDICTIVE_REFRESH_S = 300.0
+# What the recommended policy should reach on any realistic trace (issue 11).
+GOAL_RATIO = 1.3
+GOAL_VIOLATION_MINUTES = 10
+UNITS = {"queueTime": "us", "pendingRequests": "requests", "gpuUtilization": "%", "requestRate": "requests/s",
+         "concurrency": "requests in flight"}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -29,9 +40,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", metavar="CSV", default=DEFAULT_TRACE,
                    help=f"traffic trace (minute|second,requests_per_second; default {DEFAULT_TRACE})")
-    p.add_argument("--capacity", metavar="RPS", type=float, default=DEFAULT_CAPACITY_RPS,
+    p.add_argument("--capacity", metavar="RPS", type=float, default=None,
                    help="requests/s one replica serves within the SLO, as `peakserve bench` measures "
-                        f"(default {DEFAULT_CAPACITY_RPS:g})")
+                        f"(default: the spec's capacity.requestsPerSecond, else {DEFAULT_CAPACITY_RPS:g})")
+    p.add_argument("--target-utilization", metavar="PERCENT", type=float, default=None,
+                   help="percent of capacity the request-rate signal aims at "
+                        f"(default: the spec's targetUtilization, else {DEFAULT_UTILIZATION})")
+    p.add_argument("--history-days", metavar="DAYS", default="auto",
+                   help="leading days of the trace that only serve as history (Prometheus already holds them): "
+                        "counted for no policy; auto: the predictive floor's minHistoryHours (25 h) for a trace of "
+                        "3 days or more, else 0")
     p.add_argument("--startup", metavar="SECONDS", type=float, default=DEFAULT_STARTUP_S,
                    help="seconds from a scale-up decision to the new pod serving: scheduling, image pull, "
                         f"model load (default {DEFAULT_STARTUP_S:g})")
@@ -49,13 +67,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="queue time Triton reports when idle: the dynamic batcher's delay "
                         "(default: the spec's maxQueueDelayMicroseconds, 100 without -f; 0 if batching is off)")
     p.add_argument("--target-us", type=float, default=None,
-                   help="HPA target for peakserve's policies (default: the spec's with -f, else the recommended one)")
+                   help="target of the queue-time policy (default: the spec's with -f and a queue metric, else the queue "
+                        "time at 75%% of capacity)")
     p.add_argument("--gpu-hour-cost", type=float, default=2.5, help="$ per GPU-hour (default 2.5)")
     p.add_argument("--announced", metavar="START",
                    help="announced promotion start: ISO time, HH:MM, or minutes from the trace start "
                         "(default: the trace's `# announced:` line)")
-    p.add_argument("--hold-minutes", type=float, default=120.0,
-                   help="how long the recommended floor holds after the start (default 120)")
+    p.add_argument("--hold-minutes", type=float, default=60.0,
+                   help="how long the recommended floor holds after the start (default 60)")
     p.add_argument("--dt", type=float, default=1.0, help="simulation step in seconds (default 1)")
     p.add_argument("--out", metavar="DIR", help="write plan.json and plan.png here")
     p.add_argument("--progress", action="store_true", help="show simulation progress on stderr")
@@ -197,11 +216,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .hpa import Behavior
     from .plot import plot
     from .policies import TRITON_EXAMPLE_TARGET_US, Scenario
     from .queueing import ServiceModel
-    from .recommend import recommend, schedule_yaml
+    from .recommend import recommend, recommended_lead_s, recommended_target_us, schedule_yaml
     from .simulate import Pipeline, compare
     from .trace import load
 
@@ -212,81 +233,115 @@ def _plan(args: argparse.Namespace) -> int:
     spec = _read_spec(args.file) if args.file else None
     autoscaling = _autoscaling(spec) if spec else None
     batch_delay = args.batch_delay_us if args.batch_delay_us is not None else _batch_delay(spec)
+    spec_capacity = autoscaling.capacity.requests_per_second if autoscaling else None
+    capacity = args.capacity if args.capacity is not None else (spec_capacity or DEFAULT_CAPACITY_RPS)
     try:
-        model = ServiceModel(args.capacity, slo_ms=args.slo_ms, service_ms=args.service_ms,
+        model = ServiceModel(capacity, slo_ms=args.slo_ms, service_ms=args.service_ms,
                              concurrency=args.concurrency, statistic=args.slo_stat, batch_delay_us=batch_delay)
     except ValueError as err:
         raise PlanError(str(err)) from None
     if args.dt <= 0 or args.startup < 0:
         raise PlanError("--dt must be > 0 and --startup >= 0")
-
     try:
         announced = trace.offset_of(args.announced) if args.announced else trace.announced_s
     except ValueError as err:
         raise PlanError(f"--announced: {err}") from None
-    if announced is None:
-        raise PlanError("the trace has no `# announced:` line: pass --announced START")
+    min_history_s = autoscaling.predictive.min_history_hours * 3600.0 if autoscaling else 25 * 3600.0
+    history_s = _history_seconds(args.history_days, trace, min_history_s)
+    if history_s >= trace.duration_s:
+        raise PlanError(f"--history-days {args.history_days}: the trace lasts {trace.duration_s / 86400:g} days")
+    span = (history_s, trace.duration_s)
 
     pipeline = Pipeline()
-    static_replicas = model.replicas_for(trace.peak_rps())
-    metric = autoscaling.metric if autoscaling else "queueTime"
+    static_replicas = model.replicas_for(trace.rate_at(np.arange(*span, 60.0)).max())
+    utilization = (args.target_utilization if args.target_utilization is not None else
+                   autoscaling.target_utilization if autoscaling else DEFAULT_UTILIZATION) / 100.0
     behavior = Behavior.rendered(autoscaling)
     if autoscaling:
-        min_r, max_r, spec_target = autoscaling.min_replicas, autoscaling.max_replicas, float(autoscaling.target)
+        min_r, max_r = autoscaling.min_replicas, autoscaling.max_replicas
     else:
-        min_r, max_r, spec_target = 1, static_replicas, None
-    target = args.target_us if args.target_us is not None else spec_target
+        min_r, max_r = 1, math.ceil(static_replicas / utilization)
+    signal = autoscaling.metric if autoscaling and autoscaling.metric in CAPACITY_METRICS else "requestRate"
+    old_metric = autoscaling.metric if autoscaling and autoscaling.metric not in CAPACITY_METRICS else "queueTime"
+    old_target = args.target_us if args.target_us is not None else (
+        float(autoscaling.target_value()) if autoscaling and autoscaling.metric not in CAPACITY_METRICS
+        else recommended_target_us(model))
+    signal_target = utilization * (model.capacity_rps if signal == "requestRate"
+                                   else model.in_flight(model.capacity_rps))
+    lead_s = (autoscaling.lead_time_seconds if autoscaling and autoscaling.lead_time_seconds is not None
+              else recommended_lead_s(args.startup, pipeline))
     floors = _schedule_floors(trace, autoscaling, args.startup) if autoscaling and autoscaling.schedules else ()
 
-    rec = recommend(trace, model, announced_s=announced, startup_s=args.startup, pipeline=pipeline,
-                    hold_s=args.hold_minutes * 60.0, min_replicas=min_r, max_replicas=max_r,
-                    target=target, metric=metric, behavior=behavior, dt=args.dt)
-    if target is None:
-        target = rec.target_us
+    rec = None
+    if announced is not None:
+        rec = recommend(trace, model, announced_s=announced, startup_s=args.startup, pipeline=pipeline,
+                        hold_s=args.hold_minutes * 60.0, min_replicas=min_r, max_replicas=max_r,
+                        target=signal_target, metric=signal, behavior=behavior, dt=args.dt)
     if floors:
         floor_source = f"{len(floors)} window(s) from spec.autoscaling.schedules"
-    else:
+    elif rec:
         floors = (rec.floor(),)
         floor_source = "the recommended floor below"
-    scenario = Scenario(min_r, max_r, target, behavior, floors, metric)
+    else:
+        floor_source = "none (no announced promotion)"
+    scenario = Scenario(min_r, max_r, signal_target, behavior, floors, signal, old_metric, old_target,
+                        predictive_per_replica=utilization * model.capacity_rps, lead_s=lead_s,
+                        min_history_s=min_history_s)
     progress = _Progress(args.progress)
     results = compare(trace, model, scenario.policies(static_replicas), progress=progress,
                       startup_s=args.startup, pipeline=pipeline, dt=args.dt, gpu_hour_cost=args.gpu_hour_cost,
-                      step_window=(announced, announced + 3600.0))
+                      span=span, step_window=(announced, announced + 3600.0) if announced is not None else None)
+    by_name = {r.name: r for r in results}
+    oracle_hours = by_name["oracle"].gpu_hours
+    recommended = by_name[scenario.recommended]
 
-    unit = {"queueTime": "us", "pendingRequests": "requests", "gpuUtilization": "%"}[metric]
     print(f"trace {args.trace}: {trace.duration_s / 3600:g} h, peak {trace.peak_rps():.0f} requests/s, "
-          f"announced start {rec.reasoning and _label(trace, announced)}")
+          f"announced start {_label(trace, announced) if announced is not None else 'none'}"
+          + (f"; the first {history_s / 86400:g} day(s) are history only (not counted)" if history_s else ""))
     print(f"model: {model.capacity_rps:g} requests/s per replica at {model.statistic} <= {model.slo_ms:g} ms "
           f"(service {model.service_ms:g} ms, {model.concurrency} slots, saturation "
           f"{model.saturation_rps:.0f} requests/s); startup {args.startup:g} s; idle queue time "
           f"{model.batch_delay_us:g} us; ${args.gpu_hour_cost:g}/GPU-hour")
     source = ("spec.autoscaling" if autoscaling else
               "planner defaults (no spec.autoscaling)" if spec else "planner defaults")
-    print(f"HPA ({source}): minReplicas {min_r}, maxReplicas {max_r}, {metric} target {target:g} {unit} "
-          f"(peakserve policies), {TRITON_EXAMPLE_TARGET_US:g} us (Triton example); floors: {floor_source}")
+    print(f"HPA ({source}): minReplicas {min_r}, maxReplicas {max_r}; {signal} at {utilization:.0%} of capacity "
+          f"({signal_target:g} {UNITS[signal]} per pod); {old_metric} target {old_target:g} {UNITS[old_metric]}; "
+          f"Triton example {TRITON_EXAMPLE_TARGET_US:g} us; floors: {floor_source}; predictive floor over "
+          f"{lead_s + PREDICTIVE_REFRESH_S:g} s windows")
     print()
-    header = f"{'policy':<62} {'SLO-viol. min':>13} {'at step':>8} {'GPU-hours':>10} {'cost $':>10} {'peak':>5}"
+    header = (f"{'policy':<58} {'SLO-viol. min':>13} {'at step':>8} {'GPU-hours':>10} {'x oracle':>9} "
+              f"{'cost $':>10} {'peak':>5}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r.label:<62} {r.violation_minutes:>13} {r.step_violation_minutes:>8} {r.gpu_hours:>10.1f} "
-              f"{r.cost:>10.2f} {r.peak_replicas:>5}")
-    print("('at step': violation minutes in the hour after the announced start; 'peak': most replicas at once)")
+        mark = "*" if r is recommended else " "
+        print(f"{mark}{r.label:<57} {r.violation_minutes:>13} {r.step_violation_minutes:>8} {r.gpu_hours:>10.1f} "
+              f"{r.gpu_hours / oracle_hours:>8.2f}x {r.cost:>10.2f} {r.peak_replicas:>5}")
+    print("('*': peakserve's default, recommended; 'at step': violation minutes in the hour after the announced "
+          "start; 'peak': most replicas at once)")
     print()
     for r in results:
         if r.violation_minutes:
             print(f"{r.name}: over the SLO at {_ranges(r.violated_minutes(model.slo_ms), trace)}")
+    ratio = recommended.gpu_hours / oracle_hours
+    met = ratio <= GOAL_RATIO and recommended.violation_minutes <= GOAL_VIOLATION_MINUTES
+    print(f"\nrecommended policy: {recommended.label}: {ratio:.2f}x the oracle's GPU-hours, "
+          f"{recommended.violation_minutes} violation minutes (goal <= {GOAL_RATIO:g}x and <= "
+          f"{GOAL_VIOLATION_MINUTES} minutes: {'met' if met else 'NOT met'})")
+    mape = _mape(recommended, trace)
+    if mape is not None:
+        print(f"forecast error: MAPE {mape:.1f}% of the windows' peak rate ({len(recommended.forecasts)} forecasts)")
     print()
-    notes = _notes(model, results, target, metric, static_replicas, max_r)
+    notes = _notes(model, results, old_target, old_metric, static_replicas, max_r)
     for note in notes:
         print(f"note: {note}")
-    print()
-    print(f"recommendation: minReplicas {rec.min_replicas} from {rec.lead_s // 60} min before the announced "
-          f"start, held {args.hold_minutes:g} min; queueTime target {rec.target_us:g} us")
-    for line in rec.reasoning:
-        print(f"  - {line}")
-    print(schedule_yaml(rec, trace))
+    if rec:
+        print()
+        print(f"recommendation: minReplicas {rec.min_replicas} from {rec.lead_s // 60} min before the announced "
+              f"start, held {args.hold_minutes:g} min")
+        for line in rec.reasoning:
+            print(f"  - {line}")
+        print(schedule_yaml(rec, trace))
 
     if args.out:
         out = Path(args.out)
@@ -294,7 +349,7 @@ def _plan(args: argparse.Namespace) -> int:
         document = {
             "trace": {"path": str(args.trace), "start": trace.start.isoformat() if trace.start else None,
                       "durationSeconds": trace.duration_s, "peakRps": trace.peak_rps(),
-                      "announcedOffsetSeconds": announced},
+                      "announcedOffsetSeconds": announced, "historySeconds": history_s},
             "model": {"capacityRps": model.capacity_rps, "sloMs": model.slo_ms, "sloStatistic": model.statistic,
                       "serviceMs": model.service_ms, "concurrency": model.concurrency,
                       "saturationRps": model.saturation_rps, "batchDelayUs": model.batch_delay_us},
@@ -302,11 +357,15 @@ def _plan(args: argparse.Namespace) -> int:
             "pipeline": {"scrapeIntervalSeconds": pipeline.scrape_interval_s,
                          "rateWindowSeconds": pipeline.rate_window_s,
                          "adapterRelistSeconds": pipeline.adapter_relist_s, "hpaSyncSeconds": pipeline.hpa_sync_s},
-            "hpa": {"minReplicas": min_r, "maxReplicas": max_r, "metric": metric, "target": target,
+            "hpa": {"minReplicas": min_r, "maxReplicas": max_r, "metric": signal, "target": signal_target,
+                    "targetUtilization": utilization, "queueMetric": old_metric, "queueTarget": old_target,
                     "floors": [{"name": f.name, "startOffsetSeconds": f.start_s, "endOffsetSeconds": f.end_s,
                                 "minReplicas": f.min_replicas, "leadSeconds": f.lead_s} for f in floors]},
-            "results": [r.summary() for r in results],
-            "recommendation": rec.summary(),
+            "results": [{**r.summary(), "oracleRatio": round(r.gpu_hours / oracle_hours, 3)} for r in results],
+            "recommended": {"policy": recommended.name, "oracleRatio": round(ratio, 3),
+                            "sloViolationMinutes": recommended.violation_minutes, "goalMet": met,
+                            "forecastMapePercent": None if mape is None else round(mape, 1)},
+            "recommendation": rec.summary() if rec else None,
             "notes": notes,
             "perMinute": {r.name: r.per_minute() for r in results},
         }
@@ -316,6 +375,33 @@ def _plan(args: argparse.Namespace) -> int:
                    f"startup {args.startup:g} s, {model.statistic} SLO {model.slo_ms:g} ms")
         print(f"\nwrote {out / 'plan.json'} and {out / 'plan.png'}")
     return 0
+
+
+def _history_seconds(days: str, trace, min_history_s: float) -> float:
+    """--history-days: 'auto' takes the history the predictive floor needs (25 h by default) from the start of
+    a trace of three days or more as history only (a Prometheus that already holds it, as an operator that
+    has run a while has); shorter traces are counted whole."""
+    if days == "auto":
+        return min_history_s if trace.duration_s >= 3 * 86400 else 0.0
+    try:
+        value = float(days)
+    except ValueError:
+        raise PlanError(f"--history-days: expected a number of days or auto, got {days!r}") from None
+    if value < 0:
+        raise PlanError("--history-days must be >= 0")
+    return value * 86400.0
+
+
+def _mape(result, trace) -> float | None:
+    """Mean absolute percentage error of the forecasts made (peak of each window) against the peak that came."""
+    import numpy as np
+
+    errors = []
+    for t, peak in result.forecasts:
+        actual = float(trace.rate_at(np.arange(t, t + result.forecast_window_s, 60.0)).max())
+        if actual > 0:
+            errors.append(abs(peak - actual) / actual)
+    return 100.0 * sum(errors) / len(errors) if errors else None
 
 
 def _json(document: dict) -> str:

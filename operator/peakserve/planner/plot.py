@@ -10,9 +10,9 @@ import numpy as np
 from .simulate import PolicyResult
 from .trace import Trace
 
-COLORS = {"static": "#7f7f7f", "reactive": "#d62728", "schedule": "#1f77b4", "metric": "#ff7f0e",
-          "oracle": "#2ca02c"}
-STYLES = {"static": "--", "metric": (0, (4, 1))}
+COLORS = {"static": "#7f7f7f", "reactive": "#d62728", "queue": "#9467bd", "signal": "#ff7f0e",
+          "schedule": "#17becf", "predictive": "#1f77b4", "oracle": "#2ca02c"}
+STYLES = {"static": "--", "signal": (0, (4, 1))}
 LATENCY_CLIP_MS = 1e5
 
 
@@ -32,7 +32,13 @@ def plot(path: str | Path, trace: Trace, results: Sequence[PolicyResult], *, slo
 
     fig, (ax_rps, ax_rep, ax_lat) = plt.subplots(3, 1, sharex=True, figsize=(15, 10),
                                                   gridspec_kw={"height_ratios": [1, 1.3, 1.3]})
-    ax_rps.plot(x_of(trace.t), trace.rps, color="black", linewidth=1)
+    ax_rps.plot(x_of(trace.t), trace.rps, color="black", linewidth=1, label="demand")
+    for r in results:
+        if r.forecasts:  # each forecast is the peak of the window it was made for
+            times = np.array([t for t, _ in r.forecasts])
+            ax_rps.step(x_of(times), [p for _, p in r.forecasts], where="post", color=COLORS.get(r.name, "blue"),
+                        linewidth=1, alpha=0.8, label=f"forecast peak of the next {r.forecast_window_s / 60:g} min")
+    ax_rps.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax_rps.set_ylabel("requests/s")
     ax_rps.set_title(title, loc="left")
 

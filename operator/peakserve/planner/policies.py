@@ -45,6 +45,18 @@ class Floor:
 
 
 @dataclass(frozen=True)
+class Predictive:
+    """The operator's predictive floor (demand/forecast.py): every `refresh_s` the peak of the next
+    lead + refresh seconds is forecast from the history before now, and minReplicas rises to
+    ceil(peak / per_replica_rps), never above maxReplicas."""
+
+    per_replica_rps: float
+    lead_s: float
+    refresh_s: float = 300.0
+    min_history_s: float = 25 * 3600.0
+
+
+@dataclass(frozen=True)
 class Hpa:
     """A metric HPA, optionally under scheduled floors. `target` is the target in the
     metric's unit: microseconds for queueTime (the default), requests for pendingRequests,
@@ -59,11 +71,14 @@ class Hpa:
     metric: str = "queueTime"
     name: str = "hpa"
     label: str = "metric HPA"
+    predictive: Predictive | None = None
 
-    def bounds(self, t: float) -> tuple[int, int]:
-        """(minReplicas, maxReplicas) in force at t: floors raise both when needed."""
+    def bounds(self, t: float, predicted: int = 0) -> tuple[int, int]:
+        """(minReplicas, maxReplicas) in force at t: floors raise both when needed; the predictive
+        floor (`predicted`) raises minReplicas up to maxReplicas only."""
         floor = max((f.min_replicas for f in self.floors if f.active(t)), default=0)
-        return max(self.min_replicas, floor), max(self.max_replicas, floor)
+        low = max(self.min_replicas, min(predicted, self.max_replicas), floor)
+        return low, max(self.max_replicas, floor)
 
 
 Policy = Static | Oracle | Hpa
@@ -71,23 +86,45 @@ Policy = Static | Oracle | Hpa
 
 @dataclass(frozen=True)
 class Scenario:
-    """What the compared policies share: HPA bounds and target of the planned spec."""
+    """What the compared policies share: HPA bounds, behavior and floors of the planned spec; the
+    capacity-proportional signal (`metric`, `target` per pod) and the queue metric it replaces."""
 
     min_replicas: int
     max_replicas: int
     target: float
     behavior: Behavior = field(default_factory=Behavior.rendered)
     floors: tuple[Floor, ...] = ()
-    metric: str = "queueTime"
+    metric: str = "requestRate"
+    queue_metric: str = "queueTime"
+    queue_target: float = 50_000.0
+    predictive_per_replica: float = 0.0   # requests/s per replica the predictive floor divides by
+    lead_s: float = 240.0
+    min_history_s: float = 25 * 3600.0
+
+    @property
+    def recommended(self) -> str:
+        """peakserve's default: the signal, with the schedules, and the predictive floor."""
+        return "predictive"
 
     def policies(self, static_replicas: int) -> list[Policy]:
-        return [
+        lo, hi = self.min_replicas, self.max_replicas
+        predictive = Predictive(self.predictive_per_replica, self.lead_s, min_history_s=self.min_history_s)
+        signal = f"{self.metric} HPA"
+        policies: list[Policy] = [
             Static(static_replicas),
-            Hpa(self.min_replicas, self.max_replicas, TRITON_EXAMPLE_TARGET_US, None,
+            Hpa(lo, hi, TRITON_EXAMPLE_TARGET_US, None,
                 name="reactive", label="reactive HPA (Triton example: 50 us, default behavior)"),
-            Hpa(self.min_replicas, self.max_replicas, self.target, self.behavior, self.floors,
-                metric=self.metric, name="schedule", label="schedule + metric HPA (peakserve)"),
-            Hpa(self.min_replicas, self.max_replicas, self.target, self.behavior, metric=self.metric,
-                name="metric", label="metric HPA alone (peakserve target and behavior, no schedule)"),
+            Hpa(lo, hi, self.queue_target, self.behavior, self.floors, metric=self.queue_metric,
+                name="queue", label=f"{self.queue_metric} HPA + schedule (peakserve before)"),
+            Hpa(lo, hi, self.target, self.behavior, metric=self.metric, name="signal", label=f"{signal} alone"),
+        ]
+        if self.floors:
+            policies.append(Hpa(lo, hi, self.target, self.behavior, self.floors, metric=self.metric,
+                                name="schedule", label=f"{signal} + schedule"))
+        policies += [
+            Hpa(lo, hi, self.target, self.behavior, self.floors, metric=self.metric, predictive=predictive,
+                name="predictive", label=f"{signal} + schedule + predictive (peakserve)" if self.floors
+                else f"{signal} + predictive (peakserve)"),
             Oracle(),
         ]
+        return policies

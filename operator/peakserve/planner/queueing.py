@@ -133,6 +133,11 @@ class ServiceModel:
         out = np.maximum(wait_us, self.batch_delay_us)
         return float(out) if np.ndim(out) == 0 else out
 
+    def in_flight(self, per_replica_rps: float) -> float:
+        """Mean requests in flight (queued plus executing) per replica at this rate, by Little's law:
+        the concurrency signal's value."""
+        return per_replica_rps * (self.service_ms + self.stationary_wait_ms(per_replica_rps, "mean")) / 1000.0
+
     def replicas_for(self, rps: float) -> int:
         """Fewest replicas that keep the SLO at this total rate (at least 1)."""
         return max(1, math.ceil(rps / self.capacity_rps - 1e-9))

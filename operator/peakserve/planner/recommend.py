@@ -121,10 +121,14 @@ def recommend(trace: Trace, model: ServiceModel, *, announced_s: float, startup_
         f"(scrape {pipeline.scrape_interval_s:g} + adapter relist {pipeline.adapter_relist_s:g} + HPA sync "
         f"{pipeline.hpa_sync_s:g}) = {startup_s + pipeline.delay_s:g} s, rounded up to {lead_s // 60} min: "
         f"raise the floor at {rise_label}",
-        f"queueTime target: the mean queue time at {TARGET_UTILIZATION:.0%} of capacity is "
-        f"{model.queue_time_at(TARGET_UTILIZATION):.0f} us -> {target_us:g} us; at capacity it is "
-        f"{model.queue_time_at(1.0):.0f} us",
     ]
+    if metric == "queueTime":
+        reasoning.append(f"queueTime target: the mean queue time at {TARGET_UTILIZATION:.0%} of capacity is "
+                         f"{model.queue_time_at(TARGET_UTILIZATION):.0f} us -> {target_us:g} us; at capacity it "
+                         f"is {model.queue_time_at(1.0):.0f} us")
+    else:
+        reasoning.append(f"simulated with the {metric} HPA at {hpa_target:g} per pod, the floor's rise and hold "
+                         f"included")
     if metric == "queueTime" and target is not None and target > model.queue_time_at(1.0):
         reasoning.append(
             f"warning: the spec's target {target:g} us is above the queue time at capacity: the HPA "

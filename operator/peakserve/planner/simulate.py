@@ -41,6 +41,7 @@ from .queueing import ServiceModel
 from .trace import Trace
 
 SLO_EPSILON = 1e-9
+TIME_AVERAGED = ("requestRate", "concurrency")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class PolicyResult:
     replicas: np.ndarray = field(repr=False)
     ready: np.ndarray = field(repr=False)
     latency_ms: np.ndarray = field(repr=False)
+    forecasts: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (time, peak) made
+    forecast_window_s: float = 0.0  # what each forecast covers: [time, time + window)
 
     def summary(self) -> dict:
         return {"policy": self.name, "label": self.label,
@@ -133,6 +136,7 @@ def simulate(trace: Trace, model: ServiceModel, policy: Policy, *, startup_s: fl
     ready = np.zeros(n, dtype=int)
     latency = np.zeros(n)
 
+    forecasts: list[tuple[float, float]] = []
     if isinstance(policy, Static):
         replicas[:] = ready[:] = policy.replicas
         _serve(model, rates, ready, latency, dt)
@@ -144,7 +148,8 @@ def simulate(trace: Trace, model: ServiceModel, policy: Policy, *, startup_s: fl
         ready[:lead_steps] = replicas[:lead_steps]  # provisioned before the warm-up began
         _serve(model, rates, ready, latency, dt)
     else:
-        _run_hpa(model, policy, times, rates, replicas, ready, latency, startup_s, pipeline, dt, progress)
+        forecasts = _run_hpa(model, policy, trace, times, rates, replicas, ready, latency, startup_s, pipeline, dt,
+                             progress)
 
     violated = latency > model.slo_ms * (1 + SLO_EPSILON)
     minutes = np.floor(times / 60.0).astype(int)
@@ -162,7 +167,10 @@ def simulate(trace: Trace, model: ServiceModel, policy: Policy, *, startup_s: fl
         gpu_hours=gpu_hours, cost=gpu_hours * gpu_hour_cost,
         peak_replicas=int(replicas[counted].max()),
         times=times[counted], rps=rates[counted], replicas=replicas[counted], ready=ready[counted],
-        latency_ms=latency[counted])
+        latency_ms=latency[counted],
+        forecasts=[(t, p) for t, p in forecasts if t >= begin and p is not None],
+        forecast_window_s=(policy.predictive.lead_s + policy.predictive.refresh_s
+                           if isinstance(policy, Hpa) and policy.predictive else 0.0))
 
 
 def _backlog(rates: np.ndarray, ready: np.ndarray, saturation_rps: float, dt: float, start: float = 0.0
@@ -201,12 +209,20 @@ def _metric_values(metric: str, model: ServiceModel, rates: np.ndarray, ready: n
         return per_pod * queue_us / 1e6
     if metric == "gpuUtilization":  # percent busy
         return 100.0 * np.minimum(1.0, per_pod / model.saturation_rps)
+    served = np.minimum(per_pod, model.saturation_rps)  # the success counter counts completions
+    if metric == "requestRate":  # requests/s served per pod
+        return served
+    if metric == "concurrency":  # requests in flight per pod (Little's law: served rate x mean latency)
+        latency_s = (model.service_ms + model.stationary_wait_ms(per_pod, "mean")) / 1000.0
+        return served * (latency_s + backlog / (n * model.saturation_rps))
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def _run_hpa(model: ServiceModel, policy: Hpa, times: np.ndarray, rates: np.ndarray,
+def _run_hpa(model: ServiceModel, policy: Hpa, trace: Trace, times: np.ndarray, rates: np.ndarray,
              replicas: np.ndarray, ready: np.ndarray, latency: np.ndarray, startup_s: float,
-             pipeline: Pipeline, dt: float, progress: Callable[[float], None] | None) -> None:
+             pipeline: Pipeline, dt: float, progress: Callable[[float], None] | None
+             ) -> list[tuple[float, float | None]]:
+    predictor = _Predictor(policy.predictive, trace) if policy.predictive else None
     lo, hi = policy.bounds(times[0])
     start_count = min(max(model.replicas_for(rates[0]), lo), hi)
     pods: list[float] = [times[0] - startup_s] * start_count  # ready-at times
@@ -227,7 +243,8 @@ def _run_hpa(model: ServiceModel, policy: Hpa, times: np.ndarray, rates: np.ndar
             next_scrape += pipeline.scrape_interval_s
         if t >= next_sync - 1e-9:
             next_sync += pipeline.hpa_sync_s
-            hpa.min_replicas, hpa.max_replicas = policy.bounds(t)
+            hpa.min_replicas, hpa.max_replicas = policy.bounds(t, predictor.floor(t, policy.max_replicas)
+                                                               if predictor else 0)
             metric, with_metrics = _observe(policy.metric, model, scrape_steps, rates, ready, backlog,
                                             pods, times, t, pipeline)
             desired = hpa.step(t, len(pods), metric, pods_with_metrics=with_metrics)
@@ -243,6 +260,7 @@ def _run_hpa(model: ServiceModel, policy: Hpa, times: np.ndarray, rates: np.ndar
         if progress and i % report_every == 0:
             progress(i / len(times))
     latency[:] = _latency(model, rates, ready, backlog)
+    return predictor.made if predictor else []
 
 
 def _observe(metric_name: str, model: ServiceModel, scrape_steps: list[int], rates: np.ndarray,
@@ -261,7 +279,8 @@ def _observe(metric_name: str, model: ServiceModel, scrape_steps: list[int], rat
             break
     window = slice(first, last)
     served = ready[window] > 0
-    weights = rates[window] * served
+    # Rates and in-flight counts are time averages (rate() of a counter); queue times are per request.
+    weights = served * 1.0 if metric_name in TIME_AVERAGED else rates[window] * served
     if weights.sum() <= 0:
         metric = 0.0
     else:
@@ -274,6 +293,39 @@ def _observe(metric_name: str, model: ServiceModel, scrape_steps: list[int], rat
         if listed <= t + 1e-9:
             with_metrics += 1
     return metric, with_metrics
+
+
+class _Predictor:
+    """The predictive floor over a simulated run: the history is what Prometheus would hold, the
+    5-minute rates of the whole trace (from its start, whatever span is simulated), and each forecast
+    reads only the samples before its moment."""
+
+    STEP_S = 300.0
+
+    def __init__(self, predictive, trace: Trace):
+        from ..demand.forecast import Series
+
+        self.p = predictive
+        times, rates = trace.resample(10.0)
+        per_step = int(self.STEP_S / 10.0)
+        whole = len(rates) // per_step
+        means = rates[:whole * per_step].reshape(whole, per_step).mean(axis=1)
+        # The sample at (i + 1) * STEP_S is the rate over the 5 minutes before it, as rate(...[5m]).
+        self.series = Series(self.STEP_S, self.STEP_S, [float(v) for v in means])
+        self.next_at = -math.inf
+        self.current = 0
+        self.made: list[tuple[float, float | None]] = []  # (time, forecast peak)
+
+    def floor(self, t: float, max_replicas: int) -> int:
+        from ..demand.forecast import forecast_peak, predictive_floor
+
+        if t >= self.next_at:
+            self.next_at = t + self.p.refresh_s
+            made = forecast_peak(self.series, t, self.p.lead_s + self.p.refresh_s,
+                                 min_history_s=self.p.min_history_s)
+            self.made.append((t, made.peak))
+            self.current = predictive_floor(made.peak, self.p.per_replica_rps, max_replicas)
+        return self.current
 
 
 def _scale(pods: list[float], desired: int, t: float, startup_s: float) -> list[float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -235,3 +236,45 @@ def write_singles_day(path: str | Path) -> Trace:
     save(trace, path, comment=SINGLES_DAY_COMMENT)
     return trace
 
+
+
+# --- a synthetic multi-day service trace ---------------------------------------------------------
+
+def service_days(*, seed: int = 7, days: int = 8, start: datetime = datetime(2025, 11, 3, 0, 0, tzinfo=CST),
+                 daily_peak_rps: float = 1000.0, weekend_factor: float = 0.8, growth_per_day: float = 0.01,
+                 noise: float = 0.08, noise_minutes: float = 10.0, daily_spikes: int = 3,
+                 spike_factor: tuple[float, float] = (1.5, 3.0), spike_minutes: tuple[int, int] = (5, 30),
+                 bursts_per_day: float = 0.25, burst_factor: tuple[float, float] = (1.3, 2.0),
+                 burst_minutes: tuple[int, int] = (2, 10)) -> Trace:
+    """A deterministic minute-by-minute multi-day trace with what real service traffic has and the Singles'
+    Day trace lacks: days that repeat but not exactly (weekends lower, slow growth), correlated noise
+    (log-AR(1), `noise` standard deviation, `noise_minutes` correlation time), `daily_spikes` that recur at
+    the same minute every day (a push campaign, a batch job; each a factor and a length drawn once, the
+    factor varying +-10% from day to day) and rare unannounced bursts (Poisson, `bursts_per_day`).
+    No announced step."""
+    rng = np.random.default_rng(seed)
+    minutes = np.arange(days * 1440, dtype=float)
+    moment_hours = start.hour + start.minute / 60.0 + minutes / 60.0
+    base = daily_shape(moment_hours)
+    weekday = (start.weekday() + np.floor(moment_hours / 24.0)) % 7
+    base = base * np.where(weekday >= 5, weekend_factor, 1.0) * (1.0 + growth_per_day * minutes / 1440.0)
+    phi = math.exp(-1.0 / noise_minutes)
+    shocks = rng.standard_normal(len(minutes)) * noise * math.sqrt(1 - phi * phi)
+    log_noise = np.zeros(len(minutes))
+    for i in range(1, len(minutes)):
+        log_noise[i] = phi * log_noise[i - 1] + shocks[i]
+    factor = np.exp(log_noise)
+    for _ in range(daily_spikes):
+        at = int(rng.integers(0, 1440))
+        length = int(rng.integers(spike_minutes[0], spike_minutes[1] + 1))
+        height = rng.uniform(*spike_factor)
+        for day in range(days):
+            begin = day * 1440 + at
+            factor[begin:begin + length] *= height * rng.uniform(0.9, 1.1)
+    for _ in range(rng.poisson(bursts_per_day * days)):
+        at = int(rng.integers(0, len(minutes)))
+        length = int(rng.integers(burst_minutes[0], burst_minutes[1] + 1))
+        factor[at:at + length] *= rng.uniform(*burst_factor)
+    rps = np.round(base * factor * daily_peak_rps, 1)
+    meta = {"name": "service-days", "seed": str(seed)}
+    return Trace(minutes * 60.0, rps, start=start, meta=meta)

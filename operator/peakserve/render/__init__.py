@@ -40,6 +40,9 @@ class ScalingPlan:
     engine: str = "hpa"            # hpa | keda
     floor: int | None = None       # minReplicas in force now; None: the spec's
     lead_seconds: int = DEFAULT_LEAD_SECONDS
+    metric: str | None = None      # the metric in force (capacity known or not); None: from the spec alone
+    target: float | None = None    # its per-pod target, in the metric's unit (see autoscaler.signal)
+    predictive_floor: int | None = None  # KEDA's minReplicaCount (its cron triggers carry the schedules' floors)
 
 
 def possible_children(md_name: str) -> list[tuple[str, str, str]]:
@@ -86,8 +89,11 @@ def render_scaling(owner: Owner, spec: ModelDeploymentSpec, scaling: ScalingPlan
     autoscaling = spec.autoscaling
     if autoscaling is None:
         return []
-    children = [render_scaled_object(owner, autoscaling, scaling.lead_seconds) if scaling.engine == "keda"
-                else render_hpa(owner, autoscaling, scaling.floor)]
+    if scaling.engine == "keda":
+        children = [render_scaled_object(owner, autoscaling, scaling.lead_seconds, scaling.metric, scaling.target,
+                                         scaling.predictive_floor)]
+    else:
+        children = [render_hpa(owner, autoscaling, scaling.floor, scaling.metric, scaling.target)]
     if autoscaling.headroom is not None:
         children.append(render_headroom(owner, spec))
     return children

@@ -7,15 +7,16 @@ observe -> decide -> act pass.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import kopf
 from prometheus_client import start_http_server
 
 from .. import api
-from ..cluster.client import ApiException, Kube
+from ..cluster.client import ApiException, Kube, resource_path
 from ..decide import CHILD, SPEC
 from ..render.names import ANNOTATION_MD, MANAGER, label_selector
 from .drift import drift_loop
@@ -26,8 +27,33 @@ log = logging.getLogger("peakserve")
 CHILD_SELECTOR = {"app.kubernetes.io/managed-by": MANAGER}
 
 
-def _emit(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
-    kopf.event(body, type=event_type, reason=reason, message=message[:1000])
+def _emitter(kube: Kube) -> Callable[[dict[str, Any], str, str, str], None]:
+    """Events through kopf inside its handlers; the drift loop and the wake-up timers run outside kopf's context
+    (kopf.event raises LookupError there), so their Events (a PromotionReady change, say) are posted directly."""
+    def emit(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        try:
+            kopf.event(body, type=event_type, reason=reason, message=message[:1000])
+        except LookupError:
+            _post_event(kube, body, event_type, reason, message[:1000])
+    return emit
+
+
+def _post_event(kube: Kube, body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+    meta = body["metadata"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": body.get("apiVersion", api.API_VERSION), "kind": body.get("kind", api.KIND),
+                           "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": event_type, "reason": reason, "message": message, "action": "Reconcile",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "source": {"component": MANAGER}, "reportingComponent": MANAGER, "reportingInstance": MANAGER,
+    }
+    try:
+        kube.create(resource_path("v1", "Event", meta["namespace"]), event)
+    except ApiException as err:  # an Event is best effort; the status already says it
+        log.warning("event %s for %s/%s not posted: %s", reason, meta["namespace"], meta["name"], err.reason)
 
 
 @kopf.on.startup()
@@ -84,7 +110,8 @@ def child_changed(body: kopf.Body, namespace: str, type: str | None, memo: kopf.
 
 def run_operator(namespaces: list[str], health_address: str, metrics_address: str,
                  drift_interval: float, peering: str | None) -> int:
-    runtime = Runtime(Kube.from_kubeconfig(), _emit)
+    kube = Kube.from_kubeconfig()
+    runtime = Runtime(kube, _emitter(kube))
     stop = threading.Event()
     threading.Thread(target=drift_loop, name="drift", daemon=True,
                      args=(runtime, namespaces, drift_interval, stop)).start()

@@ -19,7 +19,7 @@ from ..cluster.client import ApiException, Kube
 from ..cluster.observe import Discovery, observe, read_model_deployment
 from ..decide import WAKE, decide
 from ..decide.conditions import READY
-from ..decide.plan import Plan
+from ..decide.plan import Plan, status_dict
 from . import metrics
 
 log = logging.getLogger("peakserve.runtime")
@@ -55,6 +55,9 @@ class Runtime:
             return None
         metrics.RECONCILES.labels(result="invalid" if plan.invalid else "success").inc()
         metrics.record_ready(key, next((c.status for c in plan.status.conditions if c.type == READY), "Unknown"))
+        metrics.record_autoscaling(namespace, name, plan.status.autoscaling)
+        promotion = plan.status.autoscaling.promotion if plan.status.autoscaling else None
+        metrics.record_promotion(namespace, name, status_dict(promotion) if promotion else None)
         self.wake_at(namespace, name, plan.wake_at)
         return plan
 
@@ -63,8 +66,8 @@ class Runtime:
         if body is None:
             return None
         spec = spec_or_reason(body.get("spec"))
-        snapshot = observe(self.kube, body, spec, cause, self.discovery)
         now = dt.datetime.now(dt.timezone.utc)
+        snapshot = observe(self.kube, body, spec, cause, self.discovery, now)
         plan = decide(spec, snapshot, now)
         try:
             act(self.kube, body, plan, self.emit)
@@ -98,5 +101,7 @@ class Runtime:
         """The ModelDeployment is gone: its children go with it through ownerReferences."""
         key = f"{namespace}/{name}"
         metrics.record_ready(key, None)
+        metrics.record_autoscaling(namespace, name, None)
+        metrics.record_promotion(namespace, name, None)
         self._locks.pop(key, None)
         self.wake_at(namespace, name, None)
