@@ -14,15 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from ..api.spec import CAPACITY_METRICS, DEFAULT_TARGETS, AutoscalingSpec, CapacityStatus
 from ..api.timestamps import parse_rfc3339, rfc3339
 from ..demand.capacity import PodWindow, learn_capacity
 from ..render.autoscaler import FALLBACK_METRIC, metric_name
+from .range_result import RangeResult
 
-if TYPE_CHECKING:  # snapshot imports this module to plan its reads
-    from .snapshot import RangeResult
 
 REFRESH_SECONDS = 300   # capacity is learned, and the forecast made, at most this often
 UNITS = {"queueTime": "us of queue time per request", "pendingRequests": "pending requests per pod",

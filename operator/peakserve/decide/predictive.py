@@ -12,16 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from ..api.spec import CAPACITY_METRICS, AutoscalingSpec, PredictiveStatus
 from ..api.timestamps import parse_rfc3339, rfc3339
 from ..demand.forecast import Series, backtest_mape, forecast_peak, predictive_floor
 from ..render.autoscaler import metric_name
 from .capacity_target import REFRESH_SECONDS, Signal, age_seconds, capacity_possible, due, number
+from .range_result import RangeResult
 
-if TYPE_CHECKING:  # snapshot imports this module to plan its reads
-    from .snapshot import RangeResult
 
 STEP_SECONDS = 300                    # history resolution: rate over 5 minutes, every 5 minutes
 STALE_SECONDS = 2 * REFRESH_SECONDS   # a floor not refreshed for this long is dropped

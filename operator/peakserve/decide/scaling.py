@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..api import schedules
 from ..api.spec import AutoscalingSpec, AutoscalingStatus
@@ -17,9 +17,8 @@ from ..api.timestamps import parse_rfc3339, rfc3339
 from ..render import ScalingPlan
 from .capacity_target import capacity_status, resolve_signal
 from .predictive import decide_predictive
+from .range_result import RangeResult
 
-if TYPE_CHECKING:
-    from .snapshot import RangeResult
 
 
 @dataclass(frozen=True)

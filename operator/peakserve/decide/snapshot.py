@@ -21,6 +21,7 @@ from ..render.headroom import headroom_name
 from . import promotion
 from .build_job import needs_pods
 from . import capacity_target, predictive
+from .range_result import RangeResult
 
 # Why this pass runs. A child event changes no spec: it reports, and converges only what the child's
 # change asks for (see decide.should_converge). The others converge everything.
@@ -32,15 +33,6 @@ CAUSES = (SPEC, CHILD, DRIFT, WAKE)
 
 Body = dict[str, Any]
 ParsedSpec = ModelDeploymentSpec | InvalidSpec  # the spec, or why it cannot be served
-
-
-@dataclass(frozen=True)
-class RangeResult:
-    """A Prometheus range query's answer: (labels, ((epoch seconds, value), ...)) per series; or why there is
-    none (the error, as a message: a Prometheus that cannot be reached never fails a pass)."""
-
-    series: tuple[tuple[dict[str, str], tuple[tuple[float, float], ...]], ...] = ()
-    error: str | None = None
 
 
 @dataclass(frozen=True)
