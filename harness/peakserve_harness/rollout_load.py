@@ -21,6 +21,7 @@ class RolloutLoad:
                  max_seconds: float = 480):
         self.pods, self.namespace, self.model, self.rate, self.max_seconds = pods, namespace, model, rate, max_seconds
         self.completed = self.failed = 0
+        self.failures: dict[str, int] = {}
         self.lowest_ready: int | None = None
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._load, daemon=True),
@@ -43,6 +44,8 @@ class RolloutLoad:
                                           refresh_interval=0.2, timeout_s=5, skip_after=10**9))
             self.completed += result.completed
             self.failed += result.errors
+            for kind, count in result.errors_by_kind.items():  # what failed, for the test's message
+                self.failures[kind] = self.failures.get(kind, 0) + count
 
     def start(self) -> "RolloutLoad":
         for thread in self._threads:

@@ -143,7 +143,7 @@ def test_good_canary_promotes_through_every_step_without_a_failed_request(kubect
     assert figures["topKAgreement"] == 1.0 and figures["psi"] < 0.01
     dep = kubectl.get("deployment", "ranker", ns)
     assert dep["spec"]["template"]["spec"]["volumes"][1]["hostPath"]["path"] == str(rig.models["good_copy"])
-    assert watch.completed > 0 and watch.failed == 0, (watch.completed, watch.failed)
+    assert watch.completed > 0 and watch.failed == 0, (watch.completed, watch.failed, watch.failures)
     assert watch.lowest_ready >= STABLE_REPLICAS
     record("good canary: 2 steps, promoted", seconds_to_promotion=round(took, 1), lowest_ready=watch.lowest_ready,
            failed_requests=watch.failed, requests=watch.completed)

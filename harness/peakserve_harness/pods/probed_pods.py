@@ -144,7 +144,7 @@ class ProbedPods:
                  on_targets: Callable[[list[Target]], None] | None = None,
                  env: dict[str, str] | None = None, interval: float = 0.5,
                  restart_backoff: float = 10.0, max_backoff: float = 80.0,
-                 default_startup_timeout: float = 120.0, grace: float = 2.0):
+                 default_startup_timeout: float = 120.0, grace: float = 5.0):
         self.kube, self.workdir, self.namespace = kube, Path(workdir), namespace
         self.on_targets = on_targets
         self.env = {**os.environ, **(env or {})}
@@ -185,19 +185,23 @@ class ProbedPods:
         with self._lock:
             # A gone pod leaves the endpoints at once but its server drains for `grace` seconds, as a
             # terminating container finishes the requests already sent to it (kube-proxy stops sending).
+            # 5 s is the rollout load's request timeout: on 2 busy cores a request may take that long.
             now = time.monotonic()
             self._draining += [(now + self.grace, self._pods.pop(uid)) for uid in list(self._pods) if uid not in live]
-            reused = {(obj.get("status") or {}).get("podIP") for obj in live.values()}  # KWOK reuses IPs
-            done = [pod for until, pod in self._draining if until <= now or pod.ip in reused]
+            done = [pod for until, pod in self._draining if until <= now]
             self._draining = [(until, pod) for until, pod in self._draining if pod not in done]
             self._stop_servers(done, reason="gone")
+            # KWOK reuses a gone pod's IP at once. The new pod's server waits for the old one's drain: a
+            # client that still sends to the IP then reaches a server with the model loaded, not one loading it.
+            draining = {pod.ip for _, pod in self._draining}
             for uid, obj in live.items():
                 pod = self._pods.get(uid)
                 if pod is None:
                     pod = self._pods[uid] = self._new_pod(obj)
                 pod.obj = obj
                 try:
-                    self._advance(pod)
+                    if not (pod.state == NEW and pod.ip in draining):
+                        self._advance(pod)
                     self._report(pod)
                 except ApiException as err:
                     log.info("pod %s: status not written this pass (%s)", pod.key, err.status)
