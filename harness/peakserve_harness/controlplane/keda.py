@@ -38,11 +38,9 @@ from __future__ import annotations
 import base64
 import shutil
 import signal
-import ssl
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +51,7 @@ from .certs import _signed
 from .cluster import DevCluster
 from .keda_binaries import ADAPTER, OPERATOR, crd_dir, ensure_keda
 from ..loopback import DIRECT, free_port
+from ..metrics import aggregation
 from ..metrics.loopback_process import LoopbackProcess
 
 NAMESPACE = "keda"
@@ -192,16 +191,7 @@ class KedaMetricsServerProcess(_KedaProcess):
                 "--zap-log-level=info", "--zap-encoder=console")
 
     def probe(self) -> bool:
-        """Its TLS port answers /healthz (any HTTP status means it serves)."""
-        ctx = ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
-        try:
-            with opener.open(f"{self.url}/healthz", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except urllib.error.URLError:
-            return False
+        return self.serves_https(self.url, self.cert_dir / "ca.crt")
 
 
 class Keda:
@@ -360,10 +350,7 @@ class Keda:
 
     # ------------------------------------------------------------------ registration
     def check_aggregation_layer(self) -> None:
-        cm = self.kube.call("GET", "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication")
-        if not cm.get("data", {}).get("requestheader-client-ca-file"):
-            raise KedaError("the kube-apiserver runs without the aggregation-layer flags (--requestheader-*, "
-                            "--proxy-client-*): restart the control plane (`peakserve-dev down && peakserve-dev up`)")
+        aggregation.check_aggregation_layer(self.kube, KedaError)
 
     def manifests(self) -> list[dict]:
         ca = base64.b64encode((self.cluster.dir / "pki" / "ca.crt").read_bytes()).decode()
@@ -395,22 +382,8 @@ class Keda:
 
     def wait_available(self, timeout: float = 60) -> None:
         """Until the APIService is Available and the API server proxies discovery to the metrics server."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            for proc in (self.operator, self.adapter):
-                if not proc.running:
-                    raise KedaError(f"{proc.name} exited; log:\n{proc.log_tail()}")
-            obj = self.kube.call("GET", f"/apis/apiregistration.k8s.io/v1/apiservices/{VERSION}.{GROUP}")
-            last = next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Available"), {})
-            if last.get("status") == "True":
-                try:
-                    self.kube.call("GET", f"/apis/{GROUP}/{VERSION}")
-                    return
-                except Exception as err:  # noqa: BLE001 - keep polling until the deadline
-                    last = err
-            time.sleep(0.2)
-        raise KedaError(f"{GROUP} not available within {timeout}s: {last}\n{self.log_tails()}")
+        aggregation.wait_available(self.kube, GROUP, [VERSION], [self.operator, self.adapter], KedaError, timeout,
+                                   logs=lambda: f"\n{self.log_tails()}")
 
     # ------------------------------------------------------------------ reading
     def external_metric(self, namespace: str, metric: str, scaled_object: str) -> list[dict]:

@@ -10,9 +10,6 @@ aggregation layer is :mod:`peakserve_harness.metrics.stack`'s job.
 
 from __future__ import annotations
 
-import ssl
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from ..controlplane import binaries
@@ -87,16 +84,7 @@ class AdapterProcess(LoopbackProcess):
         return self
 
     def probe(self) -> bool:
-        """Its TLS port answers /healthz (any HTTP status means it serves)."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
-        try:
-            with opener.open(f"{self.url}/healthz", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except urllib.error.URLError:
-            return False
+        return self.serves_https(self.url, self.ca_file)
 
     def stop(self, timeout: float = 10) -> None:
         self.stop_process(timeout)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +38,20 @@ class LoopbackProcess:
     def probe(self) -> bool:
         """One readiness check: True once the process serves."""
         raise NotImplementedError
+
+    @staticmethod
+    def serves_https(url: str, ca_file: Path) -> bool:
+        """`url`/healthz answers over TLS trusted by `ca_file` (any HTTP status means it serves): the probe of
+        the API servers run here (prometheus-adapter, KEDA's metrics server)."""
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
+        try:
+            with opener.open(f"{url}/healthz", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except urllib.error.URLError:
+            return False
 
     @property
     def running(self) -> bool:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from . import aggregation
 from .adapter import RULES_FILE, AdapterProcess
 from ..controlplane.cluster import DevCluster
 from .prometheus import PrometheusProcess
@@ -123,14 +124,7 @@ class MetricsStack:
         return self._kube
 
     def check_aggregation_layer(self) -> None:
-        """The kube-apiserver publishes its front-proxy CA for extension servers; a control plane
-        started before DevCluster passed the requestheader flags has none, and every proxied
-        request would reach the adapter unauthenticated."""
-        cm = self.kube.call("GET", "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication")
-        if not cm.get("data", {}).get("requestheader-client-ca-file"):
-            raise MetricsStackError(
-                "the kube-apiserver runs without the aggregation-layer flags (--requestheader-*, "
-                "--proxy-client-*): restart the control plane (`peakserve-dev down && peakserve-dev up`)")
+        aggregation.check_aggregation_layer(self.kube, MetricsStackError)
 
     def manifests(self) -> list[dict]:
         ca = base64.b64encode((self.cluster.dir / "pki" / "ca.crt").read_bytes()).decode()
@@ -162,31 +156,12 @@ class MetricsStack:
             self.kube.delete(obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
 
     def apiservice_conditions(self) -> dict[str, dict]:
-        found = {}
-        for version in VERSIONS:
-            obj = self.kube.call("GET", f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.{GROUP}")
-            found[version] = next((c for c in obj.get("status", {}).get("conditions", [])
-                                   if c["type"] == "Available"), {})
-        return found
+        return aggregation.available_conditions(self.kube, GROUP, VERSIONS)
 
     def wait_available(self, timeout: float = 60) -> None:
         """Until every APIService is Available and the API server proxies discovery to the adapter."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            if not self.adapter.running:
-                raise MetricsStackError(f"prometheus-adapter exited; log:\n{self.adapter.log_tail()}")
-            last = self.apiservice_conditions()
-            if all(c.get("status") == "True" for c in last.values()):
-                try:
-                    for version in VERSIONS:
-                        self.kube.call("GET", f"/apis/{GROUP}/{version}")
-                    return
-                except Exception as err:  # noqa: BLE001 - keep polling until the deadline
-                    last = err
-            time.sleep(0.2)
-        raise MetricsStackError(f"{GROUP} not available within {timeout}s: {last}; "
-                                f"adapter log:\n{self.adapter.log_tail()}")
+        aggregation.wait_available(self.kube, GROUP, VERSIONS, [self.adapter], MetricsStackError, timeout,
+                                   logs=lambda: f"; adapter log:\n{self.adapter.log_tail()}")
 
     # ------------------------------------------------------------------ reading metrics
     def metric_items(self, namespace: str, metric: str, pods: str = "*", selector: str = "",

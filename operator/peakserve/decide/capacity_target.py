@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from ..api.spec import CAPACITY_METRICS, DEFAULT_TARGETS, AutoscalingSpec, CapacityStatus
 from ..api.timestamps import parse_rfc3339, rfc3339
 from ..demand.capacity import PodWindow, learn_capacity
-from ..render.autoscaler import FALLBACK_METRIC, metric_name
+from ..render.autoscaler import FALLBACK_METRIC, spec_capacity
 from .range_result import RangeResult
 
 
@@ -64,7 +64,7 @@ def spec_gives_capacity(autoscaling: AutoscalingSpec) -> bool:
 
 
 def wants_capacity(autoscaling: AutoscalingSpec) -> bool:
-    return metric_name(autoscaling.metric) in CAPACITY_METRICS
+    return autoscaling.metric in CAPACITY_METRICS
 
 
 def learning_due(autoscaling: AutoscalingSpec, previous_capacity: dict[str, Any] | None, now: dt.datetime) -> bool:
@@ -106,8 +106,7 @@ def capacity_status(autoscaling: AutoscalingSpec, metrics: Mapping[str, RangeRes
     cap = autoscaling.capacity
     slo = cap.slo_milliseconds
     if spec_gives_capacity(autoscaling):
-        rate = cap.requests_per_second if cap.requests_per_second is not None else cap.concurrency * 1000 / slo
-        in_flight = cap.concurrency if cap.concurrency is not None else rate * slo / 1000
+        rate, in_flight = spec_capacity(cap, "requestRate"), spec_capacity(cap, "concurrency")
         return CapacityStatus(source="spec", requests_per_second=round(rate, 3), concurrency=round(in_flight, 3),
                               message="spec.autoscaling.capacity")
     prev = previous_capacity or {}
@@ -143,7 +142,7 @@ def capacity_status(autoscaling: AutoscalingSpec, metrics: Mapping[str, RangeRes
 
 def resolve_signal(autoscaling: AutoscalingSpec, capacity: CapacityStatus | None) -> Signal:
     """The metric and target in force, from the spec and the capacity (capacity_status)."""
-    metric = metric_name(autoscaling.metric)
+    metric = autoscaling.metric
     if metric not in CAPACITY_METRICS:
         target = autoscaling.target_value()
         text = f"{target}{UNITS[metric]}" if metric == "gpuUtilization" else f"{target} {UNITS[metric]}"
@@ -158,8 +157,7 @@ def resolve_signal(autoscaling: AutoscalingSpec, capacity: CapacityStatus | None
         text = (f"{number(rate_target)} requests/s per pod ({autoscaling.target_utilization}% of "
                 f"{number(capacity.requests_per_second)} requests/s)")
         return Signal(metric, rate_target, text, capacity, rate_target)
-    in_flight = capacity.concurrency if capacity.concurrency is not None else \
-        capacity.requests_per_second * autoscaling.capacity.slo_milliseconds / 1000
+    in_flight = capacity.concurrency  # capacity_status derives it whenever the rate is known
     target = round(in_flight * share, 3)
     text = (f"{number(target)} requests in flight per pod ({autoscaling.target_utilization}% of "
             f"{number(in_flight)})")

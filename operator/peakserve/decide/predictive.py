@@ -17,7 +17,6 @@ from typing import Any, Mapping
 from ..api.spec import CAPACITY_METRICS, AutoscalingSpec, PredictiveStatus
 from ..api.timestamps import parse_rfc3339, rfc3339
 from ..demand.forecast import Series, backtest_mape, forecast_peak, predictive_floor
-from ..render.autoscaler import metric_name
 from .capacity_target import REFRESH_SECONDS, Signal, age_seconds, capacity_possible, due, number
 from .range_result import RangeResult
 
@@ -34,7 +33,7 @@ class PredictiveDecision:
 
 
 def applies(autoscaling: AutoscalingSpec) -> bool:
-    return autoscaling.predictive.enabled and metric_name(autoscaling.metric) in CAPACITY_METRICS
+    return autoscaling.predictive.enabled and autoscaling.metric in CAPACITY_METRICS
 
 
 def forecast_due(autoscaling: AutoscalingSpec, previous: dict[str, Any], now: dt.datetime) -> bool:
@@ -78,7 +77,7 @@ def decide_predictive(autoscaling: AutoscalingSpec, signal: Signal, metrics: Map
         return PredictiveDecision(None, 0, None)
     if not applies(autoscaling):
         return PredictiveDecision(PredictiveStatus(
-            message=f"metric {metric_name(autoscaling.metric)} is not proportional to load: the predictive floor "
+            message=f"metric {autoscaling.metric} is not proportional to load: the predictive floor "
                     "needs requestRate or concurrency"), 0, None)
     prev = previous or {}
     read = metrics.get("request_history")

@@ -36,10 +36,6 @@ METRICS = {
 }
 
 
-def metric_name(metric: Any) -> str:
-    return getattr(metric, "value", metric)
-
-
 def spec_capacity(capacity: Capacity, metric: str) -> float | None:
     """One replica's capacity in the metric's unit as the spec gives it (requests/s, or requests in flight),
     either figure derived from the other by Little's law (in flight = rate x sloMilliseconds / 1000)."""
@@ -56,7 +52,7 @@ def signal(autoscaling: AutoscalingSpec, metric: str | None = None,
     and falls back to queueTime at its default target while no capacity is known."""
     if metric is not None and target is not None:
         return metric, target
-    wanted = metric_name(autoscaling.metric)
+    wanted = autoscaling.metric
     if wanted not in CAPACITY_METRICS:
         return wanted, autoscaling.target_value()
     capacity = spec_capacity(autoscaling.capacity, wanted)

@@ -28,14 +28,9 @@ CHILD_SELECTOR = {"app.kubernetes.io/managed-by": MANAGER}
 
 
 def _emitter(kube: Kube) -> Callable[[dict[str, Any], str, str, str], None]:
-    """Events through kopf inside its handlers; the drift loop and the wake-up timers run outside kopf's context
-    (kopf.event raises LookupError there), so their Events (a PromotionReady change, say) are posted directly."""
-    def emit(body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
-        try:
-            kopf.event(body, type=event_type, reason=reason, message=message[:1000])
-        except LookupError:
-            _post_event(kube, body, event_type, reason, message[:1000])
-    return emit
+    """Every Event is posted here, whichever pass made it: kopf.event works only inside kopf's handlers (it raises
+    LookupError in the drift loop and the wake-up timers, where a PromotionReady change is often first seen)."""
+    return lambda body, event_type, reason, message: _post_event(kube, body, event_type, reason, message[:1000])
 
 
 def _post_event(kube: Kube, body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
