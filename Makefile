@@ -26,11 +26,15 @@ tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/
 	$(PY) -m peakserve_harness.triton.install
 
 test: tools ## run the tests: unit, then integration against a real control plane (all but test-rollouts' and test-autoscaling's)
-	$(PY) -m pytest -q -m "not real_pods and not autoscaling_loop"
+	$(PY) -m pytest -q -m "not real_pods and not autoscaling_loop and not faults"
 
 .PHONY: test-autoscaling
 test-autoscaling: tools keda ## the closed loops: HPA (queue time vs request rate, side by side) and KEDA, on real tritonservers
 	$(PY) -m pytest -q -m autoscaling_loop
+
+.PHONY: test-faults
+test-faults: tools ## the fault suite: operator kills, control-plane restarts, HA failover, upgrade with live objects, fuzzed specs
+	$(PY) -m pytest -q -m faults tests/faults
 
 .PHONY: keda
 keda: install ## build KEDA (operator, metrics server) from its Go module into ~/.cache/peakserve (cold: long)

@@ -7,7 +7,9 @@ without torch, numpy or tritonclient.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
+import uuid
 from pathlib import Path
 
 from .extras import MissingExtra, require
@@ -65,11 +67,22 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runtime.handlers import run_operator
+    from .runtime.handlers import Election, run_operator
 
+    election = None
+    if args.leader_elect:
+        election = Election(namespace=args.leader_election_namespace or _own_namespace(),
+                            name=args.leader_election_id,
+                            identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
     return run_operator(namespaces=args.namespace, health_address=args.health_address,
                         metrics_address=args.metrics_address, drift_interval=args.drift_interval,
-                        peering=args.peering)
+                        election=election)
+
+
+def _own_namespace() -> str:
+    """The pod's namespace, as its ServiceAccount token's mount says; "default" outside a cluster."""
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.exists() else "default"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,8 +101,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-address", default="0.0.0.0:9090", help="Prometheus metrics host:port")
     p.add_argument("--drift-interval", type=float, default=300.0,
                    help="seconds between drift checks of each ModelDeployment (they re-apply desired state)")
-    p.add_argument("--peering", default=None,
-                   help="kopf peering name for HA (several operators, one active); default standalone")
+    p.add_argument("--leader-elect", action="store_true",
+                   help="HA: only the replica holding a coordination.k8s.io Lease acts; the others stand by")
+    p.add_argument("--leader-election-id", default="peakserve", help="name of the Lease (with --leader-elect)")
+    p.add_argument("--leader-election-namespace", default=None,
+                   help="namespace of the Lease; default the pod's own namespace")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("render", help="print the children of a ModelDeployment as YAML, without a cluster")

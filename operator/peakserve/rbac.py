@@ -36,10 +36,11 @@ CAPACITY_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
     ("", "pods", ("list",), "the GPUs that pods of all namespaces hold on those nodes, for PromotionReady"),
 ]
 
-# Only with --peering (HA): kopf's peering objects elect the active operator.
-PEERING_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
-    ("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch"), "leader election (cluster-wide)"),
-    ("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch"), "leader election (per namespace)"),
+# Only with --leader-elect (HA), in the operator's own namespace: the Lease that elects the active replica
+# (runtime/leader.py). update, not patch: a renewal carries the resourceVersion it read, so two replicas
+# never both win.
+LEADER_ELECTION_RULES: list[tuple[str, str, tuple[str, ...], str]] = [
+    ("coordination.k8s.io", "leases", ("get", "create", "update"), "leader election between HA replicas"),
 ]
 
 # The pre-upgrade hook that upgrades the CRD (Helm never upgrades crds/).

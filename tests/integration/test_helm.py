@@ -16,54 +16,18 @@ from peakserve.api.crd import build_crd
 from peakserve_harness.operator_process import OperatorProcess
 from peakserve_harness.controlplane.tools import ensure_tools
 
-from . import conftest
+from .chart import CHART, chart_run_args, chart_template, helm, token_kubeconfig
 from .cluster import ROOT, md
+from . import chart
 
 pytestmark = pytest.mark.integration
-
-CHART = ROOT / "charts" / "peakserve"
-
-
-def token_kubeconfig(kubectl, namespace: str, service_account: str, path: Path) -> Path:
-    """A kubeconfig holding only a token of the ServiceAccount, as a pod of the chart would have."""
-    token = kubectl.run("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(Path(kubectl.kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": service_account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": service_account}}]}))
-    return path
 
 
 @pytest.fixture
 def admin_operators_paused():
     """Stop the admin-rights operator so that only the identity under test does the work."""
-    paused = [op for op in conftest.ADMIN_OPERATORS if op.alive()]
-    for op in paused:
-        op.stop()
-    yield
-    for op in paused:
-        op.start()
-
-
-def _chart_template(release: str, namespace: str, template: str) -> list[dict]:
-    """The objects one template of the chart renders, with the chart's default values."""
-    rendered = subprocess.run([str(ensure_tools()["helm"]), "template", release, str(CHART), "-n", namespace,
-                               "--show-only", template], capture_output=True, text=True, check=True).stdout
-    return [d for d in yaml.safe_load_all(rendered) if d]
-
-
-def _chart_run_args(release: str, namespace: str) -> list[str]:
-    """The args the chart's Deployment passes to the operator container after `run`, less the two listen
-    addresses (OperatorProcess puts its own in their place)."""
-    [deployment] = _chart_template(release, namespace, "templates/deployment.yaml")
-    [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"]
-    command, *args = container["args"]
-    listen = [a for a in args if a.startswith(("--health-address=", "--metrics-address="))]
-    assert command == "run" and len(listen) == 2, container["args"]
-    return [a for a in args if a not in listen]
+    with chart.admin_operators_paused():
+        yield
 
 
 def _install_steps() -> list[str]:
@@ -97,7 +61,7 @@ def test_readme_install_steps_with_the_chart_identity(kubectl, cluster, admin_op
                 # addresses differ: 127.0.0.1 and free ports, which this test reaches (/healthz) and which
                 # no other operator of the session holds, instead of the chart's 0.0.0.0:8080 and :9090.
                 operator = OperatorProcess(config, tmp_path / "operator.log", command=[core_install.peakserve],
-                                           args=_chart_run_args("peakserve", "peakserve-system"))
+                                           args=chart_run_args("peakserve", "peakserve-system"))
                 operator.start()
         assert re.search(r"^ranker\s+True\s+2\s+int8\s+ranker", result.stdout, re.M), result.stdout
 
@@ -130,17 +94,9 @@ def test_readme_install_steps_with_the_chart_identity(kubectl, cluster, admin_op
         kubectl.run("delete", "namespace", "peakserve-system", "--wait=false", check=False)
 
 
-def _helm(cluster, *args: str) -> subprocess.CompletedProcess:
-    helm = ensure_tools()["helm"]
-    result = subprocess.run([str(helm), f"--kubeconfig={cluster.kubeconfig}", *args], capture_output=True,
-                            text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, f"helm {' '.join(args)}: {result.stderr}"
-    return result
-
-
 def test_install_upgrade_uninstall(kubectl, cluster, tmp_path):
     ns = "peakserve-helm"
-    _helm(cluster, "install", "ps", str(CHART), "-n", ns, "--create-namespace", "--wait", "--timeout=120s")
+    helm(cluster, "install", "ps", str(CHART), "-n", ns, "--create-namespace", "--wait", "--timeout=120s")
     dep = kubectl.get("deployment", "ps-peakserve", ns)
     assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["status"]["readyReplicas"] == 1
     assert "--drift-interval=300" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -153,7 +109,7 @@ def test_install_upgrade_uninstall(kubectl, cluster, tmp_path):
                                           "limits": {"memory": "1Gi"}}}))
     kubectl.run("create", "namespace", "team-a")
     try:
-        upgrade = _helm(cluster, "upgrade", "ps", str(CHART), "-n", ns, "-f", str(values), "--wait",
+        upgrade = helm(cluster, "upgrade", "ps", str(CHART), "-n", ns, "-f", str(values), "--wait",
                         "--timeout=180s")
         assert "STATUS: deployed" in upgrade.stdout
         dep = kubectl.get("deployment", "ps-peakserve", ns)
@@ -166,11 +122,11 @@ def test_install_upgrade_uninstall(kubectl, cluster, tmp_path):
         # PromotionReady's cluster-wide lists of nodes and pods keep a ClusterRole of their own.
         assert kubectl.get("clusterrole", "ps-peakserve-capacity")
         # The pre-upgrade hook ran (KWOK completes its pod) and cleaned up after itself on success.
-        history = _helm(cluster, "history", "ps", "-n", ns, "-o", "json").stdout
+        history = helm(cluster, "history", "ps", "-n", ns, "-o", "json").stdout
         assert [r["status"] for r in json.loads(history)] == ["superseded", "deployed"]
         assert kubectl.get("job", "ps-peakserve-crd-upgrade", ns) is None
     finally:
-        _helm(cluster, "uninstall", "ps", "-n", ns, "--wait")
+        helm(cluster, "uninstall", "ps", "-n", ns, "--wait")
         kubectl.run("delete", "namespace", "team-a", "--wait=false", check=False)
     assert kubectl.get("deployment", "ps-peakserve", ns) is None
     assert kubectl.get("role", "ps-peakserve", "team-a") is None
@@ -198,7 +154,7 @@ def test_crd_upgrade_keeps_live_model_deployments(kubectl, cluster, ns, tmp_path
         assert "rollout" not in stored["spec"]["serving"]
 
         # The hook's own identity: the ServiceAccount and ClusterRole that the chart renders for it.
-        docs = [d for d in _chart_template("ps", ns, "templates/crd-upgrade.yaml") if d["kind"] != "Job"]
+        docs = [d for d in chart_template("ps", ns, "templates/crd-upgrade.yaml") if d["kind"] != "Job"]
         for d in docs:
             d["metadata"].pop("annotations", None)
         kubectl.apply(docs)
@@ -215,7 +171,7 @@ def test_crd_upgrade_keeps_live_model_deployments(kubectl, cluster, ns, tmp_path
         assert live["metadata"]["uid"] == stored["metadata"]["uid"]
         kubectl.apply(md("new", ns, serving={"rollout": {"maxSurge": 1, "maxUnavailable": 0}}))
         # The hook identity can touch that one CRD and nothing else.
-        other = kubectl.run("--kubeconfig", str(config), "get", "crd", "kopfpeerings.kopf.dev", check=False)
+        other = kubectl.run("--kubeconfig", str(config), "get", "crd", "horizontalpodautoscalers.autoscaling", check=False)
         assert other.returncode != 0 and "forbidden" in other.stderr.lower()
     finally:
         kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))

@@ -50,8 +50,6 @@ SCHEMA_ERROR = "values don't meet the specifications of the schema"
 CUSTOM_RESOURCE_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",  # Prometheus Operator
     "PodMonitor": "monitoring.coreos.com/v1",  # Prometheus Operator
-    "ClusterKopfPeering": "kopf.dev/v1",  # crds/kopf.dev_peerings.yaml
-    "KopfPeering": "kopf.dev/v1",  # crds/kopf.dev_peerings.yaml
 }
 
 # checkov runs from its own virtualenv: checkov 3.3.30 pins packaging<24 (pytest 9 needs >=24) and, through
@@ -175,7 +173,7 @@ def test_default_rendering(rendered):
                            "Service": 1, "Deployment": 1, "Job": 1}
     deployment = one(docs, "Deployment", FULLNAME)
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "without peering, never two operators at once"
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "without leader election, never two operators at once"
     container = operator_container(docs)
     assert container["image"] == f"ghcr.io/peakserve/peakserve-operator:{peakserve.__version__}"
     assert container["imagePullPolicy"] == "IfNotPresent"
@@ -220,10 +218,19 @@ def test_namespaced(rendered):
     assert len(find(docs, "Role")) == 2 and len(find(docs, "RoleBinding")) == 2
     args = operator_container(docs)["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
-    assert not any(a.startswith("--peering") for a in args)
+    assert not any(a.startswith("--leader-elect") for a in args)
     # The Triton PodMonitor looks only where the operator creates pods.
     pod_monitor = one(docs, "PodMonitor")
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+def _leader_election_rbac(docs) -> None:
+    """The Lease's Role lives in the release's namespace only, in both modes, and grants exactly the rules."""
+    role = one(docs, "Role", f"{FULLNAME}-leader-election", NAMESPACE)
+    assert rules_of(role) == rbac.as_policy_rules(rbac.LEADER_ELECTION_RULES)
+    binding = one(docs, "RoleBinding", f"{FULLNAME}-leader-election", NAMESPACE)
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
 
 
 def test_ha(rendered):
@@ -232,24 +239,22 @@ def test_ha(rendered):
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
                                               "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    assert "--peering=peakserve-ha" in operator_container(docs)["args"]
-    peering = one(docs, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert peering["metadata"]["name"] == "peakserve-ha" and "namespace" not in peering["metadata"]
-    assert not find(docs, "KopfPeering")
+    args = operator_container(docs)["args"]
+    assert args[-3:] == ["--leader-elect", "--leader-election-id=peakserve-ha",
+                         f"--leader-election-namespace={NAMESPACE}"]
+    _leader_election_rbac(docs)
     role = one(docs, "ClusterRole", FULLNAME)
-    assert rules_of(role) == rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.CAPACITY_RULES + rbac.PEERING_RULES)
+    assert rules_of(role) == rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.CAPACITY_RULES)
 
 
 def test_ha_namespaced(rendered):
     docs = rendered["ha-namespaced"]
     assert one(docs, "Deployment", FULLNAME)["spec"]["replicas"] == 3
-    assert "--peering=peakserve" in operator_container(docs)["args"]
-    assert not find(docs, "ClusterKopfPeering")
-    assert sorted(p["metadata"]["namespace"] for p in find(docs, "KopfPeering", "peakserve")) == ["team-a", "team-b"]
+    args = operator_container(docs)["args"]
+    assert f"--leader-election-id={FULLNAME}" in args and f"--leader-election-namespace={NAMESPACE}" in args
+    _leader_election_rbac(docs)
     for ns in ("team-a", "team-b"):
-        assert rules_of(one(docs, "Role", FULLNAME, ns)) == \
-            rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.PEERING_RULES)
+        assert rules_of(one(docs, "Role", FULLNAME, ns)) == rbac.as_policy_rules(rbac.OPERATOR_RULES)
 
 
 def test_digest(rendered):
@@ -347,7 +352,7 @@ BAD_VALUES = [
     ("memory-limit-removed", "resources: {limits: {memory: null, cpu: '1'}}", "/resources/limits"),
     ("memory-request-removed", "resources: {requests: {memory: null}}", "/resources/requests"),
     ("cpu-quantity", "resources: {requests: {cpu: lots}}", "/resources/requests/cpu"),
-    ("peering-name", "ha: {enabled: true, peeringName: Bad_Name}", "/ha/peeringName"),
+    ("lease-name", "ha: {enabled: true, leaseName: Bad_Name}", "/ha/leaseName"),
     ("monitor-interval", "metrics: {serviceMonitor: {interval: 30}}", "/metrics/serviceMonitor/interval"),
     ("service-account-name", "serviceAccount: {name: Bad}", "/serviceAccount/name"),
     ("boolean-as-string", "networkPolicy: {enabled: 'yes'}", "/networkPolicy/enabled"),
@@ -394,7 +399,7 @@ def test_kubernetes_validate_is_strict():
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_rendering_validates_against_kubernetes_1_34(helm, name):
     docs = template(helm, "--include-crds", *template_args(name))
-    assert len(find(docs, "CustomResourceDefinition")) == 3
+    assert len(find(docs, "CustomResourceDefinition")) == 1
     errors, validated = [], 0
     for doc in docs:
         kn = f"{doc['kind']}/{doc['metadata']['name']}"
@@ -410,16 +415,6 @@ def test_rendering_validates_against_kubernetes_1_34(helm, name):
             errors.append(f"{kn}: {e.message}")
     assert not errors, "\n".join(errors)
     assert validated >= 5
-
-
-def test_peering_objects_match_their_crds(rendered):
-    crds = {(c["spec"]["group"], c["spec"]["names"]["kind"]): c for c in crd_documents()}
-    for name in ("ha", "ha-namespaced"):
-        for doc in find(rendered[name], "ClusterKopfPeering") + find(rendered[name], "KopfPeering"):
-            group, version = doc["apiVersion"].split("/")
-            crd = crds[(group, doc["kind"])]
-            assert version in {v["name"] for v in crd["spec"]["versions"] if v["served"]}
-            assert ("namespace" in doc["metadata"]) == (crd["spec"]["scope"] == "Namespaced")
 
 
 # ------------------------------------------------------------------------------------------- checkov
@@ -536,7 +531,7 @@ def test_operator_rbac_is_rbac_py(rendered):
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert rules_of(one(rendered["ha"], "ClusterRole", FULLNAME)) == \
-        rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.CAPACITY_RULES + rbac.PEERING_RULES)
+        rbac.as_policy_rules(rbac.OPERATOR_RULES + rbac.CAPACITY_RULES)
 
 
 @pytest.mark.parametrize("name", [n for n in RENDERINGS if n != "minimal"])

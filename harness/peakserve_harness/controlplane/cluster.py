@@ -45,6 +45,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _reaped(pid: int) -> int:
+    """`pid`, after collecting its exit status if it is our own exited child: a zombie still answers
+    kill(pid, 0), so a component started by this process would otherwise never look stopped."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+    return pid
+
+
 def _describe(node: GpuNode) -> str:
     if not node.gpus:
         return f"{node.name} (CPU)"
@@ -123,7 +133,7 @@ class DevCluster:
                 except OSError:
                     pass
         deadline = time.monotonic() + 15
-        while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        while any(_alive(_reaped(p)) for p in pids.values()) and time.monotonic() < deadline:
             time.sleep(0.2)
         for pid in pids.values():
             if _alive(pid):
@@ -138,6 +148,65 @@ class DevCluster:
         shutil.rmtree(self.dir / "etcd-data", ignore_errors=True)
         if pids and not quiet:
             self.log("[dev] control plane stopped")
+
+    # ---- one component at a time (the fault suite) -------------------------------------------
+    def pid(self, name: str) -> int | None:
+        return self._state().get("pids", {}).get(name)
+
+    def stop_component(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Stop one component (its whole process group) with `sig`, SIGKILL after `timeout` seconds; the
+        others keep running. Its state (etcd's data, ports, certificates) stays for start_component."""
+        if name not in COMPONENTS:
+            raise ValueError(f"{name!r} is not one of {COMPONENTS}")
+        pid = self.pid(name)
+        if not pid:
+            return
+        deadline = time.monotonic() + timeout
+        for signum in (sig, signal.SIGKILL):
+            try:
+                os.killpg(pid, signum)
+            except OSError:
+                pass
+            while time.monotonic() < deadline and _alive(_reaped(pid)):
+                time.sleep(0.05)
+            if not _alive(_reaped(pid)):
+                break
+            deadline = time.monotonic() + 10
+        if _alive(_reaped(pid)):
+            raise RuntimeError(f"{name} (pid {pid}) did not stop")
+
+    def start_component(self, name: str, timeout: float = 120) -> float:
+        """Start one stopped component again with the arguments `up` gave it (same ports, data and
+        certificates) and wait until it serves: etcd listens, kube-apiserver answers /readyz. Returns
+        the seconds that took."""
+        if name not in COMPONENTS:
+            raise ValueError(f"{name!r} is not one of {COMPONENTS}")
+        state = self._state()
+        pid = state.get("pids", {}).get(name)
+        if pid and _alive(_reaped(pid)):
+            raise RuntimeError(f"{name} is still running (pid {pid})")
+        started = time.monotonic()
+        argv = [str(binaries.binary_path(name)), *self._args(name, state["ports"], self.dir / "pki")]
+        with open(self.dir / f"{name}.log", "ab") as logf:
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=self.dir)
+        state["pids"][name] = proc.pid
+        self.state_file.write_text(json.dumps(state, indent=2))
+        if name == "etcd":
+            self._wait_tcp(state["ports"]["etcd"], timeout, "etcd")
+        if name == "kube-apiserver":
+            self._wait_ready(timeout)
+        return time.monotonic() - started
+
+    def restart_component(self, name: str, sig: int = signal.SIGTERM, down_for: float = 0.0,
+                          timeout: float = 120, grace: float = 30) -> float:
+        """stop_component (SIGKILL after `grace` seconds), `down_for` seconds of absence, start_component;
+        returns the seconds from the stop signal until the component serves again."""
+        started = time.monotonic()
+        self.stop_component(name, sig, timeout=grace)
+        time.sleep(down_for)
+        self.start_component(name, timeout)
+        return time.monotonic() - started
 
     # ---- probed nodes' loopback network --------------------------------------------------
     # Pod IPs of probed nodes are real loopback addresses and pods bind fixed ports (8000-8002), so

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
@@ -75,8 +75,27 @@ class DataType(str, Enum):
 
 
 NAME_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
+# A Kubernetes object name (DNS-1123 subdomain), for the Secrets and PriorityClasses a spec names: the Pod
+# template would refuse anything else, and then only the operator could tell.
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Userinfo (user:secret@) is refused: credentials belong in a Secret, never in a URI that status shows.
 URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^@?#]*)?|s3://[^/@?#]+(/[^@?#]*)?|/[^@?#]*)$"
+
+
+DIM_MESSAGE = "a dimension must be >= 1, or -1 for a variable dimension (Triton refuses 0)"
+
+
+def _dim(value: int) -> int:
+    if value == 0:  # the twin of the CEL rule below, for specs that never met the API server
+        raise ValueError(DIM_MESSAGE)
+    return value
+
+
+# Triton's ValidateIOShape: every dimension is >= 1, or -1 (a wildcard). 0 would load nowhere.
+Dim = Annotated[int, Field(ge=-1, json_schema_extra=cel(("self == -1 || self >= 1", DIM_MESSAGE))),
+                AfterValidator(_dim)]
+# Triton keys a model's inputs and its outputs by name: a repeated name is a load failure.
+TENSOR_LIST = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
 
 
 class Tensor(Spec):
@@ -85,8 +104,9 @@ class Tensor(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN,
                       description="Tensor name, exactly as in the model file.")
     data_type: DataType = Field(description="Element type, Triton's TYPE_* without the prefix.")
-    dims: list[Annotated[int, Field(ge=-1)]] = Field(min_length=1, max_length=8,
-                            description="Shape without the batch dimension; -1 marks a variable dimension.")
+    dims: list[Dim] = Field(min_length=1, max_length=8,
+                            description="Shape without the batch dimension: each dimension >= 1, or -1 for a "
+                                        "variable one (Triton refuses 0).")
 
 
 class ModelSpec(Spec):
@@ -95,6 +115,8 @@ class ModelSpec(Spec):
     model_config = ConfigDict(json_schema_extra=cel(
         ("!has(self.credentialsSecret) || self.uri.startsWith('s3://')",
          "credentialsSecret applies only to s3:// URIs", ".credentialsSecret"),
+        ("self.outputs.all(o, !self.inputs.exists(i, i.name == o.name))",
+         "an output cannot have the name of an input (Triton keys tensors by name)", ".outputs"),
     ))
 
     name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN,
@@ -112,10 +134,12 @@ class ModelSpec(Spec):
                                              "chooses it; see status.build.precision.")
     max_batch_size: int = Field(default=64, ge=0, le=65536,
                                 description="Largest batch Triton forms; 0 disables batching.")
-    inputs: list[Tensor] = Field(min_length=1, max_length=64, description="Input tensors.")
-    outputs: list[Tensor] = Field(min_length=1, max_length=64, description="Output tensors.")
+    inputs: list[Tensor] = Field(min_length=1, max_length=64, json_schema_extra=TENSOR_LIST,
+                                 description="Input tensors, each name once.")
+    outputs: list[Tensor] = Field(min_length=1, max_length=64, json_schema_extra=TENSOR_LIST,
+                                  description="Output tensors, each name once and none an input's.")
     credentials_secret: str | None = Field(
-        default=None, max_length=253,
+        default=None, max_length=253, pattern=OBJECT_NAME_PATTERN,
         description="Secret whose keys become environment variables of the model fetcher "
                     "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) for s3:// URIs.")
 
@@ -144,7 +168,12 @@ class DynamicBatching(Spec):
         description="Batch sizes the batcher should aim for.")
 
 
-QUANTITY = {"x-kubernetes-int-or-string": True,
+# The pattern of Kubernetes' own OpenAPI admits some strings its quantity parser refuses (a decimal exponent
+# such as 1e2.5, an exponent past int64): isQuantity is the parser itself, so those are refused at apply too
+# instead of failing every apply of the Pod template.
+QUANTITY = {"x-kubernetes-int-or-string": True, "maxLength": 64,
+            "x-kubernetes-validations": [{"rule": "isQuantity(string(self))",
+                                          "message": "must be a Kubernetes quantity, such as 500m, 2 or 8Gi"}],
             "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}
 RESOURCE_LIST = {
     "type": "object",
@@ -231,7 +260,9 @@ class ProbeAnalysis(Spec):
 class RolloutAnalysis(Spec):
     """Canary against stable, at the end of each step: Triton's metrics, then the probe comparison."""
 
+    # No userinfo: it would sit in the analysis Job's arguments, readable by anyone who can read Jobs.
     prometheus_address: str = Field(default=DEFAULT_PROMETHEUS, min_length=1, max_length=512,
+                                    pattern=r"^https?://[^@?#\s]+$",
                                     description="Prometheus that scrapes the Triton pods' metrics port.")
     window_seconds: int = Field(default=120, ge=30, le=3600,
                                 description="Metrics window compared, ending when the step's pause ends.")
@@ -336,7 +367,7 @@ class ServingSpec(Spec):
     affinity: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
         description="Pod affinity and anti-affinity, as in a Pod spec.")
-    priority_class_name: str | None = Field(default=None, max_length=253,
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=OBJECT_NAME_PATTERN,
                                             description="PriorityClass of the Triton pods.")
     instance_groups: list[InstanceGroup] = Field(
         default_factory=lambda: [InstanceGroup()], min_length=1, max_length=8,
@@ -412,7 +443,7 @@ class Headroom(Spec):
     Triton pods preempt them. Needs a PriorityClass below the Triton pods' priority."""
 
     replicas: int = Field(ge=1, le=100, description="Placeholder pods, each requesting one replica's GPUs.")
-    priority_class_name: str = Field(min_length=1, max_length=253,
+    priority_class_name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN,
                                      description="PriorityClass of the placeholders (for example value -10).")
     image: str = Field(default=DEFAULT_PAUSE_IMAGE, min_length=1, max_length=512,
                        description="Placeholder container image.")
@@ -597,7 +628,7 @@ class ArtifactStore(Spec):
                      description="pvc://CLAIM/PREFIX (writable by the build Job and readable by Triton), "
                                  "s3://BUCKET/PREFIX, or an absolute path for local builds.")
     credentials_secret: str | None = Field(
-        default=None, max_length=253,
+        default=None, max_length=253, pattern=OBJECT_NAME_PATTERN,
         description="Secret whose keys become environment variables of the uploader and the fetcher "
                     "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).")
 

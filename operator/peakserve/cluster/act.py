@@ -18,6 +18,18 @@ class Rejected(Exception):
     """The API server refused a rendered child as invalid: the spec asks for something it cannot be."""
 
 
+# What server-side apply answers with a 500 for content it cannot take (kubernetes/kubernetes#139253): a field
+# the child's schema does not declare (an unknown key in a free-form affinity), or a value its types refuse
+# (a quantity the parser rejects).
+APPLY_INPUT_ERRORS = ("failed to create typed patch object", "failed to convert new object")
+
+
+def refuses_input(err: ApiException) -> bool:
+    """The API server refused what was sent, rather than failed: 400 or 422, or one of the 500s above.
+    Retrying such a request can only fail again."""
+    return err.status in (400, 422) or (err.status == 500 and error_message(err).startswith(APPLY_INPUT_ERRORS))
+
+
 def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> None:
     meta = body["metadata"]
     namespace = meta["namespace"]
@@ -27,7 +39,7 @@ def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> None:
         for item in plan.applies:
             kube.apply(item.obj, manager=item.manager)
     except ApiException as err:
-        if err.status in (400, 422):
+        if refuses_input(err):
             raise Rejected(error_message(err)) from err
         raise
     for patch in plan.patches:

@@ -192,6 +192,13 @@ def _progressing_condition(obs: Observed) -> tuple[str, str, str]:
     current = (status.get("observedGeneration") or 0) >= (dep["metadata"].get("generation") or 0)
     settled = (current and updated >= desired and int(status.get("replicas") or 0) == desired
                and int(status.get("availableReplicas") or 0) >= desired)
+    if _rollout_phase(obs) == "Promoting":
+        # The stable side takes the canary's template. The pass that starts it reads the Deployment from before
+        # its own apply (settled on the old template): "complete" there would be false, and an Event of it.
+        template = ((dep.get("metadata") or {}).get("annotations") or {}).get("peakserve.io/template-hash")
+        taken = current and template == rollout.get("canaryHash")
+        return "True", ROLLING_OUT, (f"Promoting the canary: {updated if taken else 0}/{desired} stable replicas "
+                                     f"updated, {int(status.get('availableReplicas') or 0)} available.")
     if settled:
         return "False", ROLLOUT_COMPLETE, f"All {desired} replicas run the current spec."
     return "True", ROLLING_OUT, f"{updated}/{desired} replicas updated, {int(status.get('availableReplicas') or 0)} available."

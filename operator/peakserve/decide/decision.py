@@ -181,7 +181,8 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
         scaling = decide_scaling(valid.autoscaling, snap.keda_served, pods, snap.previous_status, now, snap.metrics)
     if valid and valid.build is not None:
         build, creates, patches = _build(owner, valid, snap, _freeze(scaling))
-        applies += creates
+        if not snap.rejected:  # the build Job may be what the API server refused: then nothing is created
+            applies += creates
     dry_run: list[dict[str, Any]] = []
     deletions: list[Delete] = []
     rollout: RolloutDecision | None = None

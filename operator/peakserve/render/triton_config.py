@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 from ..api.spec import ModelDeploymentSpec, Tensor
 
@@ -18,13 +19,23 @@ def _tensor(t: Tensor) -> str:
     return f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.data_type}\n    dims: [ {dims} ]\n  }}'
 
 
+# Triton allocates a warmup sample's zeros when it loads the model. Past what one HTTP request may carry by
+# default (tritonserver --http-max-input-size, 64 MiB) that is an allocation nobody asked for, and for large
+# enough dims an overflow of Triton's int64 byte count, which aborts tritonserver. Such a model gets none.
+WARMUP_MAX_BYTES = 64 * 2**20
+ELEMENT_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "INT16": 2, "FP16": 2, "BF16": 2, "INT32": 4, "FP32": 4,
+                 "INT64": 8, "FP64": 8}
+
+
 def _warmup(spec: ModelDeploymentSpec) -> str | None:
     """One zero-filled warmup request: Triton then reports the model ready only once it is warm.
 
-    Warmup needs concrete shapes, so a model with a variable (-1) input dimension gets none.
+    Warmup needs concrete shapes, so a model with a variable (-1) input dimension gets none; so does one whose
+    zero sample would exceed WARMUP_MAX_BYTES.
     """
     inputs = spec.model.inputs
-    if any(d < 1 for t in inputs for d in t.dims) or any(t.data_type == "STRING" for t in inputs):
+    if any(d < 1 for t in inputs for d in t.dims) or any(t.data_type == "STRING" for t in inputs) or \
+            any(math.prod(t.dims) * ELEMENT_BYTES[t.data_type] > WARMUP_MAX_BYTES for t in inputs):
         return None
     entries = "\n".join(
         f'    inputs {{ key: "{t.name}" value: {{ data_type: TYPE_{t.data_type} '

@@ -11,20 +11,35 @@ RECONCILE_ERRORS = Counter("peakserve_reconcile_errors_total",
                            "Reconciles that failed with an error and will be retried, by kind of error.", ["error"])
 RECONCILE_SECONDS = Histogram("peakserve_reconcile_duration_seconds", "Time spent in one reconcile.",
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LEADER = Gauge("peakserve_leader", "1 on the replica that acts (it holds the leader Lease, or runs without "
+               "election), 0 on a standby.")
+# The work queue between watch events and passes (workqueue.py), as controller-runtime names its own.
+WORKQUEUE_DEPTH = Gauge("peakserve_workqueue_depth", "ModelDeployments waiting for a pass, by priority "
+                        "(refresh: child events, wake-ups, spec updates; first: creates, resume, drift).",
+                        ["priority"])
+WORKQUEUE_WAIT = Histogram("peakserve_workqueue_wait_seconds", "Time from a key's first add to the start of its pass.",
+                           ["priority"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+WORKQUEUE_RETRIES = Counter("peakserve_workqueue_retries_total", "Passes that failed and were queued again.")
 MODEL_DEPLOYMENTS = Gauge("peakserve_modeldeployments", "ModelDeployments by their Ready condition status.",
                           ["ready"])
 
 _ready_by_object: dict[str, str] = {}
+_ready_counts = {"True": 0, "False": 0, "Unknown": 0}
+for _state in _ready_counts:
+    MODEL_DEPLOYMENTS.labels(ready=_state).set(0)
 
 
 def record_ready(key: str, ready: str | None) -> None:
-    """Track each object's Ready status; None forgets the object (deleted)."""
-    if ready is None:
-        _ready_by_object.pop(key, None)
-    else:
+    """Track each object's Ready status; None forgets the object (deleted). O(1) per pass: counts move."""
+    old = _ready_by_object.pop(key, None) if ready is None else _ready_by_object.get(key)
+    if ready is not None:
         _ready_by_object[key] = ready
-    for state in ("True", "False", "Unknown"):
-        MODEL_DEPLOYMENTS.labels(ready=state).set(sum(1 for v in _ready_by_object.values() if v == state))
+    if old == ready:
+        return
+    for state, step in ((old, -1), (ready, 1)):
+        if state in _ready_counts:
+            _ready_counts[state] += step
+            MODEL_DEPLOYMENTS.labels(ready=state).set(_ready_counts[state])
 
 
 PROMOTION_READY = Gauge("peakserve_promotion_ready",

@@ -1,8 +1,9 @@
-"""The running operator's state, in one object: the client, one lock per ModelDeployment, wake-up
-timers and API discovery. `reconcile` is one pass: observe -> decide -> act.
+"""The running operator's state, in one object: the client, the work queue and its workers, one lock per
+ModelDeployment and API discovery. `reconcile` is one pass: observe -> decide -> act.
 
-kopf's handlers (handlers.py), the drift loop (drift.py) and the wake-up timers all call `reconcile`;
-nothing else reads or writes the cluster on a ModelDeployment's behalf.
+kopf's handlers (handlers.py) and the drift loop (drift.py) only `submit` keys; the queue's workers run
+`reconcile`, and wake-ups and retries come back through the queue (workqueue.py). Nothing else reads or
+writes the cluster on a ModelDeployment's behalf.
 """
 
 from __future__ import annotations
@@ -17,25 +18,65 @@ from ..api.validation import spec_or_reason
 from ..cluster.act import EventSink, Rejected, act
 from ..cluster.client import ApiException, Kube
 from ..cluster.observe import Discovery, observe, read_model_deployment
-from ..decide import WAKE, decide
+from ..decide import CHILD, DRIFT, SPEC, WAKE, decide
 from ..decide.conditions import READY
 from ..decide.plan import Plan, status_dict
 from . import metrics
+from .workqueue import FIRST, REFRESH, WorkQueue
+
+__all__ = ["Runtime", "FIRST", "REFRESH"]
 
 log = logging.getLogger("peakserve.runtime")
 
+# Passes in flight at most. Each holds one snapshot and one connection of the client's pool (32), and waits
+# on the API server most of its time; this many keep a small API server busy without queueing for sockets.
+WORKERS = 16
+
+# A child event's pass waits this long for the rest of its burst, which then costs one pass instead of one per
+# change. A new Deployment and its pod report 7-8 changes over 1-2 s (measured at 200 objects on 2 cores: half
+# the gaps under 0.11 s, 90% under 0.42 s); 0.5 s halves the passes and keeps status within a second.
+CHILD_SETTLE = 0.5
+
+# Which cause a merged queue entry keeps: a spec pass does all that a drift or wake-up pass does, and those
+# converge everything, which a child event's pass does not (decide.should_converge).
+_CAUSE_RANK = {CHILD: 0, DRIFT: 1, WAKE: 1, SPEC: 2}
+
+
+def stronger(a: str, b: str) -> str:
+    return a if _CAUSE_RANK[a] >= _CAUSE_RANK[b] else b
+
+
+def _worth_retrying(err: BaseException) -> bool:
+    """A pass that failed is tried again with backoff, unless the object is gone."""
+    return not (isinstance(err, ApiException) and err.status == 404)
+
 
 class Runtime:
-    def __init__(self, kube: Kube, emit: EventSink):
+    def __init__(self, kube: Kube, emit: EventSink, workers: int = WORKERS):
         self.kube = kube
         self.emit = emit
         self.discovery = Discovery(kube)
-        # One pass per ModelDeployment at a time: handlers run in a thread pool, and a child event racing
-        # a reconcile would otherwise compare against stale status (duplicate Events, older overwriting newer).
+        self.queue = WorkQueue(self._run, workers=workers, stronger=stronger, retry=_worth_retrying)
+        # One pass per ModelDeployment at a time. The queue never runs one key twice at once; the lock
+        # also covers a direct `reconcile` call racing it (duplicate Events, older status overwriting newer).
         self._locks: dict[str, threading.Lock] = {}
-        # One pending wake-up per ModelDeployment: the moment its promotion floor changes next.
-        self._timers: dict[str, threading.Timer] = {}
-        self._timers_lock = threading.Lock()
+        # Keys this process has queued a spec pass for: a re-listing of the watch (after "410 Gone") is not
+        # a resume, and must not converge every object again.
+        self._known: set[str] = set()
+
+    def submit(self, namespace: str, name: str, cause: str, priority: int = FIRST) -> None:
+        """Queue a pass; it merges with one already waiting for this object. Returns at once."""
+        key = f"{namespace}/{name}"  # names and namespaces have no "/"
+        if cause == SPEC:
+            self._known.add(key)
+        self.queue.add(key, cause, priority, settle=CHILD_SETTLE if cause == CHILD else 0.0)
+
+    def known(self, namespace: str, name: str) -> bool:
+        return f"{namespace}/{name}" in self._known
+
+    def _run(self, key: str, cause: str) -> None:
+        namespace, _, name = key.partition("/")
+        self.reconcile(namespace, name, cause)
 
     def reconcile(self, namespace: str, name: str, cause: str) -> Plan | None:
         """One pass. Returns the plan it carried out; None when the object is gone."""
@@ -44,14 +85,16 @@ class Runtime:
         try:
             with self._locks.setdefault(key, threading.Lock()):  # setdefault: one lock even when two race
                 plan = self._pass(namespace, name, cause)
-        except Exception as err:  # counted here, retried by kopf or the next drift pass
+        except Exception as err:  # counted here, retried by the queue (or the next drift pass)
             kind = f"http_{err.status}" if isinstance(err, ApiException) else "exception"
             metrics.RECONCILE_ERRORS.labels(error=kind).inc()
             metrics.RECONCILES.labels(result="error").inc()
             raise
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-        if plan is None:
+        if plan is None:  # gone: a late child event must not leave a lock behind for every deleted object
+            self._locks.pop(key, None)
+            self._known.discard(key)
             return None
         metrics.RECONCILES.labels(result="invalid" if plan.invalid else "success").inc()
         metrics.record_ready(key, next((c.status for c in plan.status.conditions if c.type == READY), "Unknown"))
@@ -77,25 +120,14 @@ class Runtime:
         return plan
 
     def wake_at(self, namespace: str, name: str, moment: dt.datetime | None) -> None:
-        """Reconcile again exactly when the floor changes; the drift loop alone could be minutes late."""
+        """Reconcile again exactly when the floor changes (or a rollout step is due); the drift loop alone could
+        be minutes late. One pending wake-up per object, in the queue's heap: no thread per timer."""
         key = f"{namespace}/{name}"
-        with self._timers_lock:
-            old = self._timers.pop(key, None)
-            if old:
-                old.cancel()
-            if moment is None:
-                return
-            delay = max(0.0, (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 0.5
-            timer = threading.Timer(delay, self._woken, args=(namespace, name))
-            timer.daemon = True
-            self._timers[key] = timer
-            timer.start()
-
-    def _woken(self, namespace: str, name: str) -> None:
-        try:
-            self.reconcile(namespace, name, WAKE)
-        except Exception as err:  # the drift loop retries
-            log.warning("wake-up reconcile of %s/%s failed: %s", namespace, name, err)
+        if moment is None:
+            self.queue.cancel(key)
+            return
+        delay = max(0.0, (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 0.5
+        self.queue.add_after(key, WAKE, delay, REFRESH)
 
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: its children go with it through ownerReferences."""
@@ -104,4 +136,5 @@ class Runtime:
         metrics.record_autoscaling(namespace, name, None)
         metrics.record_promotion(namespace, name, None)
         self._locks.pop(key, None)
-        self.wake_at(namespace, name, None)
+        self._known.discard(key)
+        self.queue.forget(key)
