@@ -280,7 +280,7 @@ def test_helm_upgrade_keeps_live_model_deployments_serving(cluster, kubectl, ns,
 
             # 2. Live objects: one with fixed replicas and its model fetched from S3 with a planted Secret, one
             # autoscaled inside an active promotion window (floor 2) until well after the test.
-            planted = plant(kubectl, ns, seed=12)
+            planted = plant(kubectl, ns, seed=12, current_crd=False)  # under the previous release's CRD
             now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
             window = {"name": "peak", "timezone": "UTC", "minReplicas": REPLICAS,
                       "start": (now - dt.timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%S"),
