@@ -18,7 +18,6 @@ The seed is PEAKSERVE_FAULT_SEED (default below); the figures go to benchmarks/r
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import threading
@@ -28,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
 
 from peakserve.cluster.client import Kube
 from peakserve_harness.pods.job_pods import run_job_pods
 
 from integration.cluster import md, wait_for
-from integration.test_builds import FACTORY, tiny
+from integration.test_builds import tiny, write_tiny_source
 
 from .figures import record
 from .rig import (JobLedger, KillableOperator, ReadyFloor, StubPrometheus, event_names, events_since,
@@ -79,18 +77,7 @@ class Point:
 
 
 def _tiny_source(src: Path) -> Path:
-    import torch
-
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "tiny.py").write_text(FACTORY)
-    spec = importlib.util.spec_from_file_location("tiny_factory_faults", src / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.save(module.build_model().state_dict(), src / "state_dict.pt")
-    rng = np.random.default_rng(0)
-    np.savez(src / "calibration.npz", x=rng.normal(size=(128, 8)).astype(np.float32))
-    np.savez(src / "evaluation.npz", x=rng.normal(size=(256, 8)).astype(np.float32))
-    return src
+    return write_tiny_source(src, "tiny_factory_faults")
 
 
 @pytest.fixture

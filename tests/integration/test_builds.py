@@ -32,16 +32,15 @@ FACTORY = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    """A tiny torch model (factory + state dict) with disjoint calibration and evaluation sets."""
+def write_tiny_source(src: Path, module_name: str = "tiny_factory") -> Path:
+    """A tiny torch model (factory + state dict) with disjoint calibration and evaluation sets, in `src`."""
     import importlib.util
 
     import torch
 
-    src = tmp_path_factory.mktemp("source")
+    src.mkdir(parents=True, exist_ok=True)
     (src / "tiny.py").write_text(FACTORY)
-    spec = importlib.util.spec_from_file_location("tiny_factory", src / "tiny.py")
+    spec = importlib.util.spec_from_file_location(module_name, src / "tiny.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     torch.save(module.build_model().state_dict(), src / "state_dict.pt")
@@ -49,6 +48,11 @@ def source(tmp_path_factory) -> Path:
     np.savez(src / "calibration.npz", x=rng.normal(size=(128, 8)).astype(np.float32))
     np.savez(src / "evaluation.npz", x=rng.normal(size=(256, 8)).astype(np.float32))
     return src
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return write_tiny_source(tmp_path_factory.mktemp("source"))
 
 
 @pytest.fixture
