@@ -261,6 +261,8 @@ def test_parse_matrix():
 
 class _Prometheus(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
+        # Recorded before answering: the client may read the answer before this thread runs again.
+        _Prometheus.paths.append(self.path)
         body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
             {"metric": {}, "values": [[1, "2"]]}]}}).encode()
         self.send_response(200)
@@ -268,7 +270,6 @@ class _Prometheus(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        _Prometheus.paths.append(self.path)
 
     def log_message(self, *args):
         pass
