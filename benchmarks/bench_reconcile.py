@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -795,6 +796,59 @@ def versions(kube: Kube) -> dict[str, str]:
     return out
 
 
+def api_requests(kube: Kube) -> dict[str, dict[str, float]]:
+    """The API server's request counters, summed by verb and resource (dry runs apart): how many requests
+    (apiserver_request_total) and the seconds the server spent on them (apiserver_request_duration_seconds_sum).
+    Every client's requests count: the controllers' and KWOK's are in both phases alike."""
+    method, url, headers, _, _ = kube.client.param_serialize("GET", "/metrics", header_params={"Accept": "text/plain"},
+                                                             auth_settings=["BearerToken"])
+    resp = kube.client.call_api(method, url, header_params=headers, _request_timeout=30)
+    resp.read()
+    if resp.status != 200:
+        raise ApiException(http_resp=resp)
+    totals: dict[str, dict[str, float]] = {"count": {}, "seconds": {}}
+    for line in resp.data.decode().splitlines():
+        which = ("count" if line.startswith("apiserver_request_total{")
+                 else "seconds" if line.startswith("apiserver_request_duration_seconds_sum{") else None)
+        if which is None:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line[line.index("{"):line.rindex("}")]))
+        key = f"{labels.get('verb')} {labels.get('resource')}{'/' + labels['subresource'] if labels.get('subresource') else ''}"
+        key += " (dry run)" if labels.get("dry_run") else ""
+        totals[which][key] = totals[which].get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def cpu_seconds(cluster: DevCluster, operator: OperatorProcess) -> dict[str, float]:
+    """CPU seconds used so far by each control-plane process, the operator and this benchmark (its clients and
+    watches): on two cores they all share, a phase's wall time follows the CPU it costs in all of them."""
+    pids = {**cluster._state().get("pids", {}), "operator": operator.proc.pid}
+    out = {name: proc_status(pid).get("cpu_s") or 0.0 for name, pid in pids.items()}
+    times = os.times()
+    out["benchmark"] = times.user + times.system
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    delta = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+    delta["total"] = round(sum(delta.values()), 2)
+    return delta
+
+
+def requests_per_object(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                        count: int) -> dict[str, dict[str, float]]:
+    """What one phase asked of the API server, per object it made, largest first (watches and leases left out):
+    requests, and milliseconds of the server's time."""
+    out: dict[str, dict[str, float]] = {}
+    for which, scale, floor in (("count", 1.0, 0.05), ("seconds", 1000.0, 0.5)):
+        delta = {k: (v - before[which].get(k, 0.0)) * scale / count for k, v in after[which].items()
+                 if not k.startswith("WATCH") and "leases" not in k}
+        rows = {k: round(v, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v >= floor}
+        rows["total"] = round(sum(delta.values()), 2)
+        out["requests" if which == "count" else "server_ms"] = rows
+    return out
+
+
 def install_crd(kubeconfig: Path, attempts: int = 3) -> None:
     """Apply the CRD and wait until it is established. `kubectl wait` right after a fresh API server's first
     CRD now and then fails at once ("not found" while discovery catches up): that is tried again."""
@@ -852,7 +906,10 @@ def run_point(args: argparse.Namespace, count: int, latency_count: int, work: Pa
         # 2. baseline
         scale: dict[str, Any] = {"count": count, "threads": args.threads}
         results["scale"] = scale
+        requests_before, cpu_before = api_requests(kube), cpu_seconds(cluster, operator)
         scale["baseline"] = phase_baseline(clients, "bench-baseline", count, args.threads, args.scale_timeout, 0.25)
+        scale["baseline"]["cpu_s"] = cpu_delta(cpu_before, cpu_seconds(cluster, operator))
+        scale["baseline"]["api_requests_per_object"] = requests_per_object(requests_before, api_requests(kube), count)
         cpu["after_baseline"] = proc_status(operator.proc.pid).get("cpu_s")
         log(f"baseline: {scale['baseline']['wall_s'] or float('nan'):.2f}s")
         scale["baseline"]["namespace_delete_s"] = round(delete_namespace(kube, "bench-baseline", 600), 1)
@@ -862,8 +919,11 @@ def run_point(args: argparse.Namespace, count: int, latency_count: int, work: Pa
         cpu["before_operator"] = proc_status(operator.proc.pid).get("cpu_s")
         results["operator"]["rss_mib_before_scale"] = proc_status(operator.proc.pid).get("VmRSS")
         metrics_before = operator.metrics()
+        requests_before, cpu_before = api_requests(kube), cpu_seconds(cluster, operator)
         scale["operator"] = phase_operator(clients, operator, "bench-operator", count, args.threads,
                                            args.scale_timeout, 0.25, census_every=args.census)
+        scale["operator"]["cpu_s"] = cpu_delta(cpu_before, cpu_seconds(cluster, operator))
+        scale["operator"]["api_requests_per_object"] = requests_per_object(requests_before, api_requests(kube), count)
         if args.census:  # one more at the end, then the one taken at the highest RSS
             os.kill(operator.proc.pid, signal.SIGUSR1)
             time.sleep(3)
@@ -910,6 +970,41 @@ def run_point(args: argparse.Namespace, count: int, latency_count: int, work: Pa
     return results, converged
 
 
+def plot_cost(before: dict[str, Any], after: dict[str, Any], path: Path) -> str | None:
+    """Where the CPU went (stacked by process) and how many requests the API server served per object: the
+    plain client, then the operator before and after a change. On two cores every process shares the CPU, so
+    the bars' heights are what the wall times follow."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        return f"matplotlib unavailable ({err}); PNG not written"
+    bars = [("plain client", after["scale"]["baseline"]), ("operator, before", before["scale"]["operator"]),
+            ("operator, after", after["scale"]["operator"])]
+    procs = [k for k in bars[0][1]["cpu_s"] if k != "total"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bottoms = [0.0] * len(bars)
+    for proc in procs:
+        heights = [phase["cpu_s"].get(proc, 0.0) for _, phase in bars]
+        left.bar([b[0] for b in bars], heights, bottom=bottoms, label=proc)
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    for i, (_, phase) in enumerate(bars):
+        left.annotate(f"wall {phase['wall_s']:.0f} s", (i, bottoms[i]), ha="center", va="bottom", fontsize=8)
+    left.set_ylabel("CPU seconds in the phase")
+    left.set_title(f"CPU by process, {after['scale']['count']} objects, {after['machine'].get('nproc', '?')} cores")
+    left.legend(fontsize=7)
+    requests = [phase["api_requests_per_object"]["requests"]["total"] for _, phase in bars]
+    right.bar([b[0] for b in bars], requests, color=["tab:gray", "tab:red", "tab:green"])
+    right.set_ylabel("API requests per object (watches and leases not counted)")
+    right.set_title("What each phase asked of the API server")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 def summary(point: dict[str, Any]) -> dict[str, Any]:
     """The figures of one point, for the console and the table in BENCHMARKS.md."""
     scale, op = point.get("scale") or {}, point.get("operator") or {}
@@ -939,7 +1034,14 @@ def main(argv: list[str] | None = None) -> int:
                         "the highest RSS goes into the results. It stops the operator for a moment: not for timings")
     p.add_argument("--before", type=Path, help="a reconcile-scale.json of an earlier build (e.g. the commit before a "
                    "change, run with PYTHONPATH at its operator/): its figures are kept and drawn beside these")
+    p.add_argument("--plot-cost", type=Path, nargs=3, metavar=("BEFORE", "AFTER", "PNG"),
+                   help="draw, from two single-count results (reconcile.json of two builds), the CPU each process "
+                        "spent in each scale phase and the API requests per object; runs nothing")
     args = p.parse_args(argv)
+    if args.plot_cost:
+        before, after, png = args.plot_cost
+        print(plot_cost(json.loads(before.read_text()), json.loads(after.read_text()), png) or f"wrote {png}")
+        return 0
     try:
         counts = [int(c) for c in str(args.scale_count).split(",") if c.strip()]
     except ValueError:

@@ -285,7 +285,13 @@ def test_transitions_reports_only_changes():
     serving = derive_conditions(observed(deployment=deployment()), [], T0)
     assert transitions([], serving) == []  # healthy first conditions are not news
     loading = derive_conditions(observed(deployment=deployment(ready=0)), [], T0)
-    assert [(c["type"], c["reason"]) for c in transitions([], loading)] == [("Ready", "ReplicasNotReady")]
+    assert transitions([], loading) == []  # every new object starts with its replicas not ready
+    stuck = derive_conditions(observed(deployment=deployment(ready=0), pods=[pending_pod(INSUFFICIENT_GPU_MSG)]),
+                              [], T0)
+    assert [(c["type"], c["reason"]) for c in transitions([], stuck)] == [("Ready", "InsufficientGPU")]
+    lost = derive_conditions(observed(deployment=deployment(ready=0)), serving, T1)
+    assert ("Ready", "ReplicasNotReady", "Warning") in \
+        [(c["type"], c["reason"], event_type(c)) for c in transitions(serving, lost)]  # capacity lost later is news
     assert transitions(serving, derive_conditions(observed(deployment=deployment(replicas=3)), serving, T1)) == []
     failing = derive_conditions(observed(deployment=deployment(), hpa=hpa("False", "no metrics")), serving, T1)
     changed = transitions(serving, failing)

@@ -227,12 +227,16 @@ class FakeRuntime:
         self.submitted: list[tuple[str, str, str, int]] = []
         self.forgotten: list[str] = []
         self._known = set(known)
+        self.bodies: dict[str, dict] = {}
 
     def submit(self, namespace, name, cause, priority=FIRST):
         self.submitted.append((namespace, name, cause, priority))
 
     def known(self, namespace, name):
         return f"{namespace}/{name}" in self._known
+
+    def saw(self, namespace, name, body):
+        self.bodies[f"{namespace}/{name}"] = body
 
     def forget(self, namespace, name):
         self.forgotten.append(name)
@@ -257,6 +261,7 @@ def md_event(runtime, type_, generation=1, observed=None, name="m"):
 def test_model_deployment_events(type_, generation, observed, known, expected):
     runtime = FakeRuntime({"ns/m"} if known else set())
     assert md_event(runtime, type_, generation, observed) == expected
+    assert runtime.bodies["ns/m"]["metadata"]["generation"] == generation  # every event's body is kept
 
 
 def test_a_deleted_model_deployment_is_forgotten():
@@ -267,11 +272,24 @@ def test_a_deleted_model_deployment_is_forgotten():
 def test_child_events_queue_a_refresh_of_their_owner():
     runtime = FakeRuntime()
     memo = SimpleNamespace(runtime=runtime)
-    owned = {"metadata": {"annotations": {handlers.ANNOTATION_MD: "m"}}}
+    owned = {"metadata": {"annotations": {handlers.ANNOTATION_MD: "m"}}, "status": {"observedGeneration": 1}}
     for type_ in (None, "ADDED", "MODIFIED"):
         asyncio.run(handlers.child_changed(body=owned, namespace="ns", type=type_, memo=memo))
     asyncio.run(handlers.child_changed(body={"metadata": {}}, namespace="ns", type="MODIFIED", memo=memo))
     assert runtime.submitted == [("ns", "m", CHILD, REFRESH)] * 2
+
+
+@pytest.mark.parametrize("status,queued", [
+    (None, False),                                   # a Deployment or Job just created: no controller has reported
+    ({"phase": "Pending", "qosClass": "Burstable"}, False),  # a pod as the API server creates it
+    ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}, True),
+    ({"observedGeneration": 1, "replicas": 1}, True),
+])
+def test_a_child_added_before_any_report_queues_nothing(status, queued):
+    runtime = FakeRuntime()
+    body = {"metadata": {"annotations": {handlers.ANNOTATION_MD: "m"}}, **({"status": status} if status else {})}
+    asyncio.run(handlers.child_changed(body=body, namespace="ns", type="ADDED", memo=SimpleNamespace(runtime=runtime)))
+    assert bool(runtime.submitted) is queued
 
 
 def test_replaced_wake_ups_do_not_pile_up_in_the_heap():

@@ -30,7 +30,8 @@ def refuses_input(err: ApiException) -> bool:
     return err.status in (400, 422) or (err.status == 500 and error_message(err).startswith(APPLY_INPUT_ERRORS))
 
 
-def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> None:
+def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> dict[str, Any] | None:
+    """Returns the ModelDeployment as the status write left it (None when the plan wrote no status)."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     try:
@@ -47,8 +48,9 @@ def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> None:
     for gone in plan.deletions:
         kube.delete(gone.api_version, gone.kind, namespace, gone.name)
     if plan.status_patch is None:
-        return
-    kube.patch_status(namespace, meta["name"], plan.status_patch)
+        return None
+    written = kube.patch_status(namespace, meta["name"], plan.status_patch)
     for event in plan.events:
         log.info("%s/%s %s (%s)", namespace, meta["name"], event.message, event.reason)
         emit(body, event.type, event.reason, event.message)
+    return written

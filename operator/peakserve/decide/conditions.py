@@ -277,13 +277,20 @@ def derive_conditions(obs: Observed, previous: list[dict[str, Any]], now: str) -
 def transitions(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Conditions worth an Event: a changed status or reason, or a first appearance that is a warning.
 
-    A new object's healthy first conditions (not degraded, rolling out) are not news; they would only
-    add API writes when hundreds of ModelDeployments are created at the start of a promotion.
+    A new object's first conditions are not news when every new object starts with them: healthy ones
+    (not degraded, rolling out), and Ready=False while its first replicas start (like a Deployment's, whose
+    controller reports nothing either). They would only add API writes when hundreds of ModelDeployments are
+    created at the start of a promotion. What holds the replicas back later (a scheduling reason, the progress
+    deadline) changes a reason, and that is an Event.
     """
     before = {c.get("type"): (c.get("status"), c.get("reason")) for c in previous or []}
     return [c for c in current
             if before.get(c["type"]) != (c["status"], c["reason"])
-            and (c["type"] in before or event_type(c) == "Warning")]
+            and (c["type"] in before or (event_type(c) == "Warning" and not _starting(c)))]
+
+
+def _starting(condition: dict[str, Any]) -> bool:
+    return condition["type"] == READY and condition["reason"] == LOADING
 
 
 def event_type(condition: dict[str, Any]) -> str:

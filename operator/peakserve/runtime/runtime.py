@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from typing import Any
 
 from ..api.validation import spec_or_reason
 from ..cluster.act import EventSink, Rejected, act
@@ -22,6 +23,7 @@ from ..decide import CHILD, DRIFT, SPEC, WAKE, decide
 from ..decide.conditions import READY
 from ..decide.plan import Plan, status_dict
 from . import metrics
+from .bodies import LatestBodies
 from .workqueue import FIRST, REFRESH, WorkQueue
 
 __all__ = ["Runtime", "FIRST", "REFRESH"]
@@ -63,6 +65,7 @@ class Runtime:
         # Keys this process has queued a spec pass for: a re-listing of the watch (after "410 Gone") is not
         # a resume, and must not converge every object again.
         self._known: set[str] = set()
+        self.bodies = LatestBodies()
 
     def submit(self, namespace: str, name: str, cause: str, priority: int = FIRST) -> None:
         """Queue a pass; it merges with one already waiting for this object. Returns at once."""
@@ -70,6 +73,10 @@ class Runtime:
         if cause == SPEC:
             self._known.add(key)
         self.queue.add(key, cause, priority, settle=CHILD_SETTLE if cause == CHILD else 0.0)
+
+    def saw(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """The ModelDeployment as its watch delivered it: the next pass starts from it instead of a GET."""
+        self.bodies.put(f"{namespace}/{name}", body)
 
     def known(self, namespace: str, name: str) -> bool:
         return f"{namespace}/{name}" in self._known
@@ -86,6 +93,8 @@ class Runtime:
             with self._locks.setdefault(key, threading.Lock()):  # setdefault: one lock even when two race
                 plan = self._pass(namespace, name, cause)
         except Exception as err:  # counted here, retried by the queue (or the next drift pass)
+            if isinstance(err, ApiException) and err.status == 404:
+                self.bodies.forget(key)  # deleted while the watch had not said so: the next pass asks the API
             kind = f"http_{err.status}" if isinstance(err, ApiException) else "exception"
             metrics.RECONCILE_ERRORS.labels(error=kind).inc()
             metrics.RECONCILES.labels(result="error").inc()
@@ -95,6 +104,7 @@ class Runtime:
         if plan is None:  # gone: a late child event must not leave a lock behind for every deleted object
             self._locks.pop(key, None)
             self._known.discard(key)
+            self.bodies.forget(key)
             return None
         metrics.RECONCILES.labels(result="invalid" if plan.invalid else "success").inc()
         metrics.record_ready(key, next((c.status for c in plan.status.conditions if c.type == READY), "Unknown"))
@@ -104,8 +114,20 @@ class Runtime:
         self.wake_at(namespace, name, plan.wake_at)
         return plan
 
+    def _read(self, namespace: str, name: str, cause: str) -> dict[str, Any] | None:
+        """The ModelDeployment as it is now: the watch's latest copy, or the API server's where there is none,
+        and always on a drift pass (the level-triggered check trusts no copy)."""
+        key = f"{namespace}/{name}"
+        body = None if cause == DRIFT else self.bodies.get(key)
+        if body is None:
+            body = read_model_deployment(self.kube, namespace, name)
+            if body is not None:
+                self.bodies.put(key, body)
+            return body
+        return None if body["metadata"].get("deletionTimestamp") else body
+
     def _pass(self, namespace: str, name: str, cause: str) -> Plan | None:
-        body = read_model_deployment(self.kube, namespace, name)
+        body = self._read(namespace, name, cause)
         if body is None:
             return None
         spec = spec_or_reason(body.get("spec"))
@@ -113,10 +135,12 @@ class Runtime:
         snapshot = observe(self.kube, body, spec, cause, self.discovery, now)
         plan = decide(spec, snapshot, now)
         try:
-            act(self.kube, body, plan, self.emit)
+            written = act(self.kube, body, plan, self.emit)
         except Rejected as err:
             plan = decide(spec, dataclasses.replace(snapshot, rejected=str(err)), now)
-            act(self.kube, body, plan, self.emit)
+            written = act(self.kube, body, plan, self.emit)
+        if written:  # the next pass starts from our own status, even before the watch brings it back
+            self.bodies.put(f"{namespace}/{name}", written)
         return plan
 
     def wake_at(self, namespace: str, name: str, moment: dt.datetime | None) -> None:
@@ -137,4 +161,5 @@ class Runtime:
         metrics.record_promotion(namespace, name, None)
         self._locks.pop(key, None)
         self._known.discard(key)
+        self.bodies.forget(key)
         self.queue.forget(key)

@@ -1,0 +1,68 @@
+"""Which children a pass reads (decide/snapshot.first_reads): every read is a request to the API server,
+and at 1,000 objects created at once the reads of children that could not exist were most of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from peakserve.api.validation import spec_or_reason
+from peakserve.decide.snapshot import CHILD, DRIFT, SPEC, WAKE, Snapshot, first_reads, never_reconciled
+
+SPEC_BODY = {
+    "model": {"name": "ranker", "uri": "pvc://model-store/ranker/1", "maxBatchSize": 8,
+              "inputs": [{"name": "dense", "dataType": "FP32", "dims": [13]}],
+              "outputs": [{"name": "score", "dataType": "FP32", "dims": [1]}]},
+    "serving": {"gpus": 1},
+    "replicas": 2,
+}
+PRUNING_ONLY = {"hpa", "headroom", "canary"}
+
+
+def snapshot(cause: str, generation: int, status: dict[str, Any] | None) -> Snapshot:
+    body = {"apiVersion": "peakserve.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "ranker", "namespace": "shop", "uid": "u-1", "generation": generation},
+            "spec": SPEC_BODY, **({"status": status} if status is not None else {})}
+    return Snapshot(body=body, cause=cause, keda_served=False)
+
+
+def slots(snap: Snapshot) -> set[str]:
+    return {r.slot for r in first_reads(snap, spec_or_reason(snap.body["spec"]))}
+
+
+STABLE = {"observedGeneration": 1, "rollout": {"phase": "Stable", "stableHash": "abc"}}
+CANARY = {"observedGeneration": 2, "rollout": {"phase": "Canary", "stableHash": "abc", "canaryHash": "def"}}
+
+
+@pytest.mark.parametrize("cause,generation,status,expected", [
+    # the first pass of a new object: nothing to prune, no rollout begun
+    (SPEC, 1, None, set()),
+    (SPEC, 1, {}, set()),
+    # a spec edited before any status was written: an earlier generation's children may need pruning
+    (SPEC, 2, None, PRUNING_ONLY),
+    # once a status is written, spec, drift and wake-up passes prune
+    (SPEC, 1, STABLE, PRUNING_ONLY),
+    (DRIFT, 1, STABLE, PRUNING_ONLY),
+    (WAKE, 1, STABLE, PRUNING_ONLY),
+    # a child event prunes nothing; it reads the canary only while a rollout is in flight
+    (CHILD, 1, STABLE, set()),
+    (CHILD, 2, CANARY, {"canary"}),
+    (CHILD, 2, {**CANARY, "rollout": {**CANARY["rollout"], "phase": "Held"}}, {"canary"}),
+])
+def test_pruning_reads_only_where_something_may_be_there(cause, generation, status, expected):
+    found = slots(snapshot(cause, generation, status))
+    assert "deployment" in found
+    assert found & PRUNING_ONLY == expected
+
+
+def test_never_reconciled_is_the_first_generation_without_a_status_write():
+    assert never_reconciled(snapshot(SPEC, 1, None))
+    assert not never_reconciled(snapshot(SPEC, 1, {"observedGeneration": 1}))
+    assert not never_reconciled(snapshot(SPEC, 2, None))
+
+
+def test_a_canary_step_reads_its_analysis_job():
+    snap = snapshot(CHILD, 2, {**CANARY, "rollout": {**CANARY["rollout"], "step": 1}})
+    jobs = {r.slot: r.name for r in first_reads(snap, spec_or_reason(SPEC_BODY))}
+    assert jobs["analysis_job"] == "ranker-analysis-def-1"
