@@ -26,7 +26,7 @@ tools: install ## build etcd, kube-* and KWOK from Go modules and fetch kubectl/
 	$(PY) -m peakserve_harness.triton.install
 
 test: tools ## run the tests: unit, then integration against a real control plane (all but test-rollouts' and test-autoscaling's)
-	$(PY) -m pytest -q -m "not real_pods and not autoscaling_loop and not faults"
+	$(PY) -m pytest -q -m "not real_pods and not autoscaling_loop and not faults and not real_node"
 
 .PHONY: test-autoscaling
 test-autoscaling: tools keda ## the closed loops: HPA (queue time vs request rate, side by side) and KEDA, on real tritonservers
@@ -35,6 +35,13 @@ test-autoscaling: tools keda ## the closed loops: HPA (queue time vs request rat
 .PHONY: test-faults
 test-faults: tools ## the fault suite: operator kills, control-plane restarts, HA failover, upgrade with live objects, fuzzed specs
 	$(PY) -m pytest -q -m faults tests/faults
+
+.PHONY: test-real-node
+test-real-node: tools ## a real worker node (kubelet, containerd, runc; root): host packages, its binaries, the images, then its tests
+	$(PY) -m peakserve_harness.realnode.host_packages
+	$(PY) -m peakserve_harness.realnode.binaries
+	$(PY) -m peakserve_harness.images build all --out .dev/images
+	$(PY) -m pytest -q -rA -m real_node tests/realnode
 
 .PHONY: keda
 keda: install ## build KEDA (operator, metrics server) from its Go module into ~/.cache/peakserve (cold: long)
@@ -100,6 +107,10 @@ plan: install ## the policy comparison on both shipped traces: benchmarks/result
 	$(PEAKSERVE) plan --out benchmarks/results/plan | tee benchmarks/results/plan/plan.txt
 	$(PEAKSERVE) plan --trace traces/service-days.csv --dt 5 --out benchmarks/results/plan-service-days \
 		| tee benchmarks/results/plan-service-days/plan.txt
+
+.PHONY: images
+images: install ## operator and Triton images as OCI archives for `ctr images import` (root; debootstrap, buildah): .dev/images
+	$(PY) -m peakserve_harness.images build all --out .dev/images
 
 clean: ## remove the virtualenv (the binary cache in ~/.cache/peakserve stays)
 	rm -rf $(VENV)

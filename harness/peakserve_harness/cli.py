@@ -1,6 +1,7 @@
 """`peakserve-dev up|down|status|env|builds|pods`: the local control plane with simulated GPU nodes.
 
-- ``up [--gateway-api]``: start it (and install the Gateway API CRDs, standard channel);
+- ``up [--gateway-api] [--real-node]``: start it (and install the Gateway API CRDs, standard channel; and
+  start one real worker node beside the KWOK nodes: kubelet + containerd + runc, as root);
 - ``builds`` (alias ``jobs``): the local job runner: runs model-build and rollout-analysis Jobs' pods
   on this host (KWOK runs no containers);
 - ``pods``: the pod agent of the probed nodes: a real tritonserver on each Triton pod's loopback IP,
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="state directory (default ~/.cache/peakserve/dev)")
     parser.add_argument("--gateway-api", action="store_true",
                         help="up: also install the Gateway API CRDs (standard channel) from their Go module")
+    parser.add_argument("--real-node", action="store_true",
+                        help="up: also start one real worker node (kubelet + containerd + runc; needs root)")
     parser.add_argument("--namespace", default=None, help="pods, builds: only this namespace (default: all)")
     parser.add_argument("--targets-file", type=Path, default=None,
                         help="pods: Prometheus file_sd targets to write (default: the dev metrics stack's, "
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             from .controlplane.gateway_api import install_gateway_api
 
             install_gateway_api(Kube.from_kubeconfig(cluster.kubeconfig), log=cluster.log)
+        if args.real_node:
+            from .realnode.node import RealNode
+
+            RealNode(cluster).start()
     elif args.action == "down":
         cluster.down()
     elif args.action == "status":

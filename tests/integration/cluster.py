@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
@@ -67,16 +67,8 @@ class Kubectl:
                                  "--watch", "-o", "json"], stdout=subprocess.PIPE, text=True)
         seen: list[dict[str, Any]] = []
 
-        def read() -> None:  # kubectl writes one JSON document after another, each over several lines
-            decoder, buffer = json.JSONDecoder(), ""
-            for line in proc.stdout:
-                buffer += line
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    continue
-                seen.append(obj)
-                buffer = buffer.lstrip()[end:]
+        def read() -> None:
+            seen.extend(json_documents(proc.stdout))
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
@@ -89,6 +81,19 @@ class Kubectl:
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
         args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
         return json.loads(self.run(*args).stdout)["items"]
+
+
+def json_documents(stream: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """What `kubectl get --watch -o json` writes: one JSON document after another, each over several lines."""
+    decoder, buffer = json.JSONDecoder(), ""
+    for line in stream:
+        buffer += line
+        try:
+            obj, end = decoder.raw_decode(buffer.lstrip())
+        except ValueError:
+            continue
+        yield obj
+        buffer = buffer.lstrip()[end:]
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60, interval: float = 0.3, what: str = "condition") -> Any:

@@ -117,6 +117,11 @@ class DevCluster:
         self.log(f"[dev] export KUBECONFIG={self.kubeconfig}")
 
     def down(self, quiet: bool = False) -> None:
+        if (self.dir / "real-node").is_dir():
+            # Before the apiserver goes: the node's containers, mounts, cgroups and links outlive it.
+            from ..realnode.node import RealNode
+
+            RealNode(self, log=self.log).stop(quiet=quiet)
         pids = self._state().get("pids", {})
         # `make demo` runs the operator, the job runner and the pod agent in the background and records
         # their pids.
@@ -273,6 +278,9 @@ class DevCluster:
                     # The default endpoint reconciler rejects a loopback advertise address.
                     "--endpoint-reconciler-type=none",
                     "--allow-privileged=true", "--event-ttl=1h",
+                    # The real node's Hostname does not resolve; its InternalIP is its private /32
+                    # (logs, exec). KWOK nodes are never dialled.
+                    "--kubelet-preferred-address-types=InternalIP,Hostname",
                     f"--cert-dir={pki}",
                     # The aggregation layer (custom.metrics.k8s.io from prometheus-adapter): the
                     # apiserver proxies with the front-proxy client certificate and passes the

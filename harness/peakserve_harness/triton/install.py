@@ -17,17 +17,14 @@ and prints where the pieces are.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_root
+from ..cache import cache_root, file_lock
 
 PYTRITON_PACKAGE = "nvidia-pytriton"
 PYTRITON_VERSION = "0.7.0"
@@ -110,26 +107,6 @@ print(json.dumps({"python_version": "%d.%d" % sys.version_info[:2],
 """
 
 
-@contextlib.contextmanager
-def _lock(path: Path, timeout_s: float = INSTALL_TIMEOUT_S + 60):
-    """An exclusive file lock, so that concurrent installers (parallel test runs) do not collide."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"timed out waiting for the install lock {path}") from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_installed(log=print) -> TritonPaths:
     """Install REQUIREMENTS into the tool virtualenv unless its stamp says they are there.
 
@@ -139,7 +116,7 @@ def ensure_installed(log=print) -> TritonPaths:
     if is_installed():
         return tritonserver_paths()
     home = triton_home()
-    with _lock(home.parent / f".{home.name}.lock"):
+    with file_lock(home.parent / f".{home.name}.lock", timeout_s=INSTALL_TIMEOUT_S + 60):
         if is_installed():  # another process finished while we waited
             return tritonserver_paths()
         shutil.rmtree(home, ignore_errors=True)
