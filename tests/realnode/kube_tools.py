@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from integration.cluster import json_documents, wait_for  # noqa: F401 - wait_for: one bounded poll for every suite
+from integration.cluster import condition, json_documents, wait_for  # noqa: F401 - shared with every suite
 
 
 def kubectl(argv: list[str], *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> str:
@@ -43,10 +43,6 @@ def parse_time(text: str) -> dt.datetime:
         raise ValueError(f"not an RFC 3339 UTC time: {text!r}")
     micros = int((match.group(2) or "0")[:6].ljust(6, "0"))
     return dt.datetime.fromisoformat(match.group(1)).replace(microsecond=micros, tzinfo=dt.timezone.utc)
-
-
-def pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})
 
 
 @contextlib.contextmanager

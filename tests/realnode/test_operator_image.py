@@ -19,7 +19,7 @@ from peakserve_harness.controlplane.tools import ensure_tools
 from peakserve_harness.realnode import service_proxy
 from peakserve_harness.realnode.layout import NODE_LABEL, NODE_TAINT
 
-from .kube_tools import get_json, kubectl as _kubectl, parse_time, pod_condition
+from .kube_tools import get_json, kubectl as _kubectl, parse_time, condition
 
 pytestmark = [pytest.mark.real_node, pytest.mark.timeout(1800)]
 
@@ -46,7 +46,7 @@ def _values(image_name: str) -> dict:
 
 
 def _ready_at(pod: dict) -> str | None:
-    ready = pod_condition(pod, "Ready")
+    ready = condition(pod, "Ready")
     return ready["lastTransitionTime"] if ready.get("status") == "True" else None
 
 

@@ -30,12 +30,12 @@ from peakserve.api import schedules
 from peakserve.api.spec import AutoscalingSpec
 from peakserve.render import names
 from peakserve_harness.realnode.layout import NODE_LABEL, NODE_TAINT
+from peakserve_harness.sample_ranker import fp32_build_spec
 from peakserve_harness.samples import model_deployment
 
-from .kube_tools import (get_json, kubectl, parse_time, pod_condition, port_forward, timestamped_logs,
+from .kube_tools import (get_json, kubectl, parse_time, condition, port_forward, timestamped_logs,
                          wait_for, watch_pods)
-from .triton_fixtures import (ROOT, built_ranker, operator_on_real_node, ranker_build_spec,  # noqa: F401 fixtures
-                              triton_image)
+from .triton_fixtures import built_ranker, operator_on_real_node, triton_image  # noqa: F401 fixtures
 
 pytestmark = [pytest.mark.real_node, pytest.mark.timeout(1500)]
 
@@ -50,7 +50,7 @@ def _figure(message: str) -> None:
 
 
 def _spec(image: str, version_dir: str, promotion_start: dt.datetime) -> dict:
-    built = ranker_build_spec().model
+    built = fp32_build_spec().model
     model = {"name": built.name, "uri": version_dir, "format": "onnx", "maxBatchSize": built.max_batch_size,
              "inputs": [t.model_dump(by_alias=True) for t in built.inputs],
              "outputs": [t.model_dump(by_alias=True) for t in built.outputs]}
@@ -84,7 +84,7 @@ def _spec(image: str, version_dir: str, promotion_start: dt.datetime) -> dict:
 def _running_unready(pod: dict) -> bool:
     status = next((c for c in (pod.get("status") or {}).get("containerStatuses") or [] if c["name"] == "triton"), {})
     return ("running" in (status.get("state") or {}) and status.get("started") is False
-            and pod_condition(pod, "Ready").get("status") != "True")
+            and condition(pod, "Ready").get("status") != "True")
 
 
 def _first(lines: list[tuple[dt.datetime, str]], needle: str) -> dt.datetime | None:
@@ -118,7 +118,7 @@ def test_model_deployment_served_on_the_real_node(real_node, kubectl_argv, trito
 
             def ready_pod():
                 pods = get_json(kubectl_argv, "pods", "-n", NS, "-l", selector)["items"]
-                return next((p for p in pods if pod_condition(p, "Ready").get("status") == "True"), None)
+                return next((p for p in pods if condition(p, "Ready").get("status") == "True"), None)
 
             try:
                 pod = wait_for(ready_pod, READY_TIMEOUT, interval=1.0, what="the Triton pod to be Ready on the real node")
@@ -141,7 +141,7 @@ def test_model_deployment_served_on_the_real_node(real_node, kubectl_argv, trito
         assert any(_running_unready(v) for v in versions), \
             f"never saw the container running but not started in {len(versions)} pod versions"
         created = parse_time(pod["metadata"]["creationTimestamp"])
-        ready_at = parse_time(pod_condition(pod, "Ready")["lastTransitionTime"])
+        ready_at = parse_time(condition(pod, "Ready")["lastTransitionTime"])
         status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "triton")
         started_at = parse_time(status["state"]["running"]["startedAt"])
         logs = timestamped_logs(kubectl_argv, NS, name, "triton")
@@ -156,7 +156,7 @@ def test_model_deployment_served_on_the_real_node(real_node, kubectl_argv, trito
         # The same from the watch (the host's clock, as the runtime's): no version that arrived before the
         # HTTP port opened was Ready, and the kubelet published the held state while the model was loading.
         before_http = [v for t, v in arrivals if t < http_up.timestamp()]
-        assert not any(pod_condition(v, "Ready").get("status") == "True" for v in before_http)
+        assert not any(condition(v, "Ready").get("status") == "True" for v in before_http)
         held_during_load = sum(_running_unready(v) for v in before_http)
         probe_failures = kubectl(kubectl_argv, "get", "events", "-n", NS, "--field-selector",
                                  f"involvedObject.name={name},reason=Unhealthy", "-o", "json")
@@ -193,7 +193,7 @@ def test_model_deployment_served_on_the_real_node(real_node, kubectl_argv, trito
         def md_status():
             md = get_json(kubectl_argv, "modeldeployment", "-n", NS, NAME)
             autoscaling = (md.get("status") or {}).get("autoscaling") or {}
-            ready = pod_condition(md, "Ready").get("status") == "True"
+            ready = condition(md, "Ready").get("status") == "True"
             return md["status"] if ready and autoscaling.get("measuredStartupSeconds") is not None else None
 
         status = wait_for(md_status, 60, interval=1.0, what="the ModelDeployment Ready with a measured startup")

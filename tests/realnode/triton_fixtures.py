@@ -4,24 +4,18 @@ process against the real node's control plane. Import them into a test module to
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from peakserve.api.validation import parse_spec
 from peakserve.builder.pipeline import run_build
-from peakserve_harness.cache import cache_root
 from peakserve_harness.operator_process import OperatorProcess
+from peakserve_harness.sample_ranker import fp32_build_spec, trained_source
 from peakserve_harness.images.triton_image import NAME as TRITON_IMAGE
 from peakserve_harness.realnode import binaries
 
@@ -71,35 +65,6 @@ def triton_image(real_node, import_image) -> ImportedImage:
 
 # --------------------------------------------------------------------------------------- the artifact
 
-def trained_ranker_source() -> Path:
-    """The trained sample ranker: `make samples`' output when current, else the harness cache that
-    tests/triton/test_analysis_probe.py fills (keyed by the digest of train.py and model.py), else
-    trained now into that cache (about 2 minutes on 2 cores)."""
-    made = SAMPLE / "inputs" / "train_report.json"
-    if made.is_file() and made.stat().st_mtime >= max((SAMPLE / n).stat().st_mtime for n in ("train.py", "model.py")):
-        return made.parent
-    digest = hashlib.sha256(b"".join((SAMPLE / n).read_bytes() for n in ("train.py", "model.py"))).hexdigest()[:16]
-    final = cache_root() / "samples" / f"ranker-{digest}"
-    if not (final / "train_report.json").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-        try:
-            subprocess.run([sys.executable, str(SAMPLE / "train.py"), "--out", str(staging)], check=True,
-                           capture_output=True, timeout=600)
-            os.rename(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def ranker_build_spec():
-    """examples/ranker-build.yaml built fp32 only (no candidates, so no speed gate: quick on 2 cores)."""
-    body = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "ranker-build.yaml").read_text())["spec"])
-    body["build"]["candidates"] = []
-    body["serving"]["instanceGroups"] = [{"kind": "CPU", "count": 1}]
-    return parse_spec(body)
-
-
 def _readable_by_all(root: Path) -> None:
     # Triton runs as uid 1000 and hostPath volumes keep host modes (fsGroup does not apply to them);
     # the builder's staging directories are 0700.
@@ -118,10 +83,10 @@ class BuiltModel:
 @pytest.fixture(scope="session")
 def built_ranker(tmp_path_factory) -> BuiltModel:
     """The sample ranker built by peakserve's real builder and published to a host artifact store."""
-    source = trained_ranker_source()
+    source = trained_source()
     store = tmp_path_factory.mktemp("artifacts")
     started = time.monotonic()
-    result = run_build(ranker_build_spec(), source, store, quiet=True)
+    result = run_build(fp32_build_spec(), source, store, quiet=True)
     assert result.phase == "Succeeded", result.message
     version_dir = store / result.artifact / "ranker" / "1"
     assert (version_dir / "model.onnx").is_file(), sorted(p.name for p in version_dir.parent.rglob("*"))

@@ -18,31 +18,23 @@ well under a minute: two builds, three servers, three analyses.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from peakserve.builder.probe_data import read_probe, write_probe
 from peakserve.api.spec import RolloutAnalysis
-from peakserve.api.validation import parse_spec
 from peakserve.builder.pipeline import run_build
-from peakserve_harness.cache import cache_root
+from peakserve_harness.sample_ranker import fp32_build_spec, trained_source
 from peakserve_harness.triton.python_backend import local_repository
 from peakserve_harness.triton.server import LocalTriton
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "model_repo" / "ranker"
 SHUFFLE_SEED = 3
 # A cold cache trains two rankers first (about 2 minutes each on 2 loaded cores).
 pytestmark = pytest.mark.timeout(900)
@@ -50,54 +42,13 @@ pytestmark = pytest.mark.timeout(900)
 
 # ------------------------------------------------------------------------------------------ sources
 
-def _digest() -> str:
-    h = hashlib.sha256()
-    for name in ("train.py", "model.py"):
-        h.update((SAMPLE / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def trained_source(*args: str) -> Path:
-    """A trained build source of train.py with ``args``: cached, trained once (atomically) if missing."""
-    if not args:
-        made = SAMPLE / "inputs" / "train_report.json"
-        newest_code = max((SAMPLE / n).stat().st_mtime for n in ("train.py", "model.py"))
-        if made.is_file() and made.stat().st_mtime >= newest_code:
-            return made.parent
-    name = "-".join(["ranker", *(a.lstrip("-") for a in args), _digest()])
-    final = cache_root() / "samples" / name
-    if (final / "train_report.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
-    try:
-        subprocess.run([sys.executable, str(SAMPLE / "train.py"), "--out", str(staging), *args], check=True,
-                       capture_output=True, timeout=600)
-        try:
-            os.rename(staging, final)
-        except OSError:  # trained by someone else meanwhile
-            if not (final / "train_report.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def spec():
-    """examples/ranker-build.yaml, built fp32 only (no candidates: no speed gate) and served by one instance."""
-    body = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "ranker-build.yaml").read_text())["spec"])
-    body["build"]["candidates"] = []
-    body["serving"]["instanceGroups"] = [{"kind": "CPU", "count": 1}]
-    return parse_spec(body)
-
-
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
     """{"good": repo, "shuffled": repo}: published builds (model.onnx + probe.npz + config)."""
     root = tmp_path_factory.mktemp("analysis")
     out = {}
     for name, args in (("good", ()), ("shuffled", ("--shuffle-columns", str(SHUFFLE_SEED)))):
-        result = run_build(spec(), trained_source(*args), root / name, quiet=True)
+        result = run_build(fp32_build_spec(), trained_source(*args), root / name, quiet=True)
         assert result.phase == "Succeeded", result.message
         out[name] = root / name / result.artifact
     return out

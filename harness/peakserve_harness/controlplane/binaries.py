@@ -53,40 +53,50 @@ def _staging_replaces(kube_version: str, workdir: Path) -> list[str]:
     return replaces
 
 
+def tools_go(imports: list[str]) -> str:
+    """A build-tagged file importing the commands: `go mod tidy` records their dependencies, and `go build`
+    never compiles the file itself."""
+    lines = "\n".join(f'\t_ "{i}"' for i in imports)
+    return f"//go:build tools\n\npackage tools\n\nimport (\n{lines}\n)\n"
+
+
 def _compile_module(workdir: Path, gomod: str, main_go: str | None, packages: dict[str, str],
-                  ldflags: str = "-s -w") -> None:
+                    ldflags: str = "-s -w", tags: str = "") -> None:
+    """Build `packages` (output path -> Go package) of one module. Without `main_go`, a tools.go naming the
+    packages lets `go mod tidy` resolve them."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "go.mod").write_text(gomod)
     if main_go:
         (workdir / "main.go").write_text(main_go)
-    _go(["mod", "tidy"], workdir)
+    else:
+        (workdir / "tools.go").write_text(tools_go(sorted(set(packages.values()))))
+    env = {"GOFLAGS": "-mod=mod" + (f" -tags={tags}" if tags else "")}
+    _go(["mod", "tidy"], workdir, env)
     for out, pkg in packages.items():
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(target), pkg], workdir)
+        _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(target), pkg], workdir, env)
+
+
+def kubernetes_module(name: str, workdir: Path) -> tuple[str, str]:
+    """go.mod and ldflags for commands of k8s.io/kubernetes at the pinned version (its staging modules from
+    the proxy). Without the version in ldflags a binary reports v0.0.0 and the skew checks misread it."""
+    v = versions.KUBERNETES
+    major, minor = v.lstrip("v").split(".")[:2]
+    gomod = "\n".join([f"module peakserve.io/harness/{name}", "", "go 1.24", "",
+                       f"require k8s.io/kubernetes {v}", "", *_staging_replaces(v, workdir), ""])
+    ldflags = " ".join(["-s -w", f"-X k8s.io/component-base/version.gitVersion={v}",
+                        f"-X k8s.io/component-base/version.gitMajor={major}",
+                        f"-X k8s.io/component-base/version.gitMinor={minor}",
+                        "-X k8s.io/component-base/version.gitTreeState=clean"])
+    return gomod, ldflags
 
 
 def compile_kubernetes(workdir: Path) -> None:
-    v = versions.KUBERNETES
-    major, minor = v.lstrip("v").split(".")[:2]
-    gomod = "\n".join([
-        "module peakserve.io/harness/kube", "", "go 1.24", "",
-        f"require k8s.io/kubernetes {v}", "", *_staging_replaces(v, workdir), "",
-    ])
-    tools = "\n".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"' for c in KUBE_COMMANDS)
-    main_go = f"//go:build tools\n\npackage tools\n\nimport (\n{tools}\n)\n"
-    ldflags = " ".join([
-        "-s -w",
-        f"-X k8s.io/component-base/version.gitVersion={v}",
-        f"-X k8s.io/component-base/version.gitMajor={major}",
-        f"-X k8s.io/component-base/version.gitMinor={minor}",
-        "-X k8s.io/component-base/version.gitTreeState=clean",
-    ])
-    (workdir).mkdir(parents=True, exist_ok=True)
-    (workdir / "tools.go").write_text(main_go)
+    workdir.mkdir(parents=True, exist_ok=True)
+    gomod, ldflags = kubernetes_module("kube", workdir)
     _compile_module(workdir, gomod, None,
-                  {str(binary_path(c)): f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS},
-                  ldflags)
+                    {str(binary_path(c)): f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS}, ldflags)
 
 
 def compile_etcd(workdir: Path) -> None:
@@ -98,9 +108,6 @@ def compile_etcd(workdir: Path) -> None:
 
 def compile_kwok(workdir: Path) -> None:
     gomod = f"module peakserve.io/harness/kwok\n\ngo 1.24\n\nrequire sigs.k8s.io/kwok {versions.KWOK}\n"
-    main_go = '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/kwok/cmd/kwok"\n'
-    (workdir).mkdir(parents=True, exist_ok=True)
-    (workdir / "tools.go").write_text(main_go)
     ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={versions.KWOK}"
     _compile_module(workdir, gomod, None, {str(binary_path("kwok")): "sigs.k8s.io/kwok/cmd/kwok"}, ldflags)
 
@@ -109,11 +116,8 @@ def compile_prometheus_adapter(workdir: Path) -> None:
     """sigs.k8s.io/prometheus-adapter's cmd/adapter, with the module's own dependency versions."""
     v = versions.PROMETHEUS_ADAPTER
     gomod = f"module peakserve.io/harness/adapter\n\ngo 1.22\n\nrequire sigs.k8s.io/prometheus-adapter {v}\n"
-    main_go = '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/prometheus-adapter/cmd/adapter"\n'
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tools.go").write_text(main_go)
     _compile_module(workdir, gomod, None,
-                  {str(binary_path("prometheus-adapter")): "sigs.k8s.io/prometheus-adapter/cmd/adapter"})
+                    {str(binary_path("prometheus-adapter")): "sigs.k8s.io/prometheus-adapter/cmd/adapter"})
 
 
 COMPILERS = {

@@ -31,12 +31,17 @@ def _ca(pki: Path, name: str, cn: str) -> None:
              "-days", "3650", "-subj", f"/CN={cn}", cwd=pki)
 
 
-def _signed(pki: Path, name: str, cn: str, ca: str, ext: str) -> None:
+CLIENT_EXT = ("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+              "extendedKeyUsage=clientAuth\n")
+
+
+def _signed(pki: Path, name: str, cn: str, ca: str, ext: str, org: str | None = None) -> None:
     """``name.crt``/``name.key`` signed by ``ca`` with the given X.509v3 extension lines."""
     if (pki / f"{name}.crt").exists() and (pki / f"{name}.key").exists():
         return
+    subject = (f"/O={org}" if org else "") + f"/CN={cn}"
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/CN={cn}", cwd=pki)
+             "-subj", subject, cwd=pki)
     (pki / f"{name}.ext").write_text(ext)
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
              "-CAcreateserial", "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.ext", cwd=pki)
@@ -64,20 +69,32 @@ def make_front_proxy_pki(pki: Path) -> None:
     """``front-proxy-ca.{crt,key}`` and ``front-proxy-client.{crt,key}`` (a client certificate)."""
     pki.mkdir(parents=True, exist_ok=True)
     _ca(pki, FRONT_PROXY_CA, "peakserve-dev-front-proxy-ca")
-    _signed(pki, FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, FRONT_PROXY_CA,
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=clientAuth\n")
+    _signed(pki, FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, FRONT_PROXY_CA, CLIENT_EXT)
+
+
+def _link_ca(directory: Path, ca_dir: Path, ca: str) -> None:
+    """The CA's files beside a certificate made in another directory, so that openssl finds them there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for suffix in ("crt", "key"):
+        link = directory / f"{ca}.{suffix}"
+        if directory.resolve() != ca_dir.resolve() and not link.exists():
+            link.symlink_to((ca_dir / f"{ca}.{suffix}").resolve())
+
+
+def make_client_cert(directory: Path, name: str, cn: str, ca_dir: Path, org: str | None = None,
+                     ca: str = "ca") -> tuple[Path, Path]:
+    """A client certificate ``name.crt``/``name.key`` in ``directory`` (subject /O=org/CN=cn), signed by
+    ``ca_dir/ca.{crt,key}``; kept if present."""
+    _link_ca(directory, ca_dir, ca)
+    _signed(directory, name, cn, ca, CLIENT_EXT, org)
+    return directory / f"{name}.crt", directory / f"{name}.key"
 
 
 def make_serving_cert(directory: Path, name: str, dns_names: Sequence[str], ca_dir: Path,
                       ca: str = "ca") -> tuple[Path, Path]:
     """A serving certificate ``name.crt``/``name.key`` in ``directory`` for 127.0.0.1 and
     ``dns_names``, signed by ``ca_dir/ca.{crt,key}`` (the dev cluster's CA); kept if present."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for suffix in ("crt", "key"):
-        link = directory / f"{ca}.{suffix}"
-        if directory.resolve() != ca_dir.resolve() and not link.exists():
-            link.symlink_to((ca_dir / f"{ca}.{suffix}").resolve())
+    _link_ca(directory, ca_dir, ca)
     sans = ",".join(["IP:127.0.0.1", *(f"DNS:{d}" for d in dns_names)])
     _signed(directory, name, name, ca,
             f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"

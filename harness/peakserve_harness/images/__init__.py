@@ -10,6 +10,6 @@ Modules: ``oci_image`` (config, manifest, index: pure), ``oci_layer`` (layers an
 directories), ``oci_archive`` (write and unpack OCI archives), ``dockerfile`` (the variant that
 differs from images/operator/Dockerfile only in its base), ``debian_base``, ``operator_image``
 (``operator_cache``: the operator image cached by the content it is built from),
-``triton_image``, ``sandbox`` (run a command in an unpacked rootfs), ``verify``, ``host_tools``,
+``triton_image``, ``sandbox`` (run a command in an unpacked rootfs), ``verify``,
 ``progress``, ``results``, ``store`` (cache paths and locks).
 """

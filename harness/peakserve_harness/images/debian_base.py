@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import host_tools, oci_archive, oci_image, oci_layer
+from .. import debian_packages
+from . import oci_archive, oci_image, oci_layer
 from .progress import Progress, run
 from .store import images_root, locked
 
@@ -147,7 +148,7 @@ def ensure(progress: Progress) -> tuple[Base, bool]:
         base = load()
         if base:
             return base, False
-        host_tools.ensure(host_tools.DEBOOTSTRAP, log=progress.step)
+        debian_packages.ensure({"debootstrap": "debootstrap"}, log=progress.step)
         t0 = time.monotonic()
         shutil.rmtree(home, ignore_errors=True)
         rootfs = home / "rootfs"

@@ -14,7 +14,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from . import dockerfile, host_tools
+from .. import debian_packages
+from . import dockerfile
 from .debian_base import Base
 from .oci_archive import ArchiveInfo, archive_layout
 from .progress import Progress, run
@@ -52,7 +53,7 @@ def load_base(base: Base, progress: Progress, log: Path) -> None:
 
 def build(repo: Path, base: Base, out_dir: Path, progress: Progress) -> tuple[ArchiveInfo, float]:
     """Build the operator image; returns (archive, seconds)."""
-    host_tools.ensure(host_tools.BUILDAH, log=progress.step)
+    debian_packages.ensure({"buildah": "buildah"}, log=progress.step)
     t0 = time.monotonic()
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..loopback import DIRECT
+from ..debian_packages import apt_install
 from .loopback_process import LoopbackProcess
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -38,16 +39,8 @@ def ensure_installed(log=print) -> Path:
     """
     if PROMETHEUS.exists():
         return PROMETHEUS
-    if shutil.which("apt-get") is None:
-        raise RuntimeError(f"{PROMETHEUS} is missing and apt-get is not available: install Prometheus 2.x")
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log(f"[tools] installing Prometheus from Debian: apt-get install -y {APT_PACKAGE} ...")
     started = time.monotonic()
-    install = [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", APT_PACKAGE]
-    if subprocess.run(install, env=env).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update", "-q"], env=env, check=True)
-        subprocess.run(install, env=env, check=True)
+    apt_install([APT_PACKAGE], log=lambda m: log(f"[tools] {m}"))
     if not PROMETHEUS.exists():
         raise RuntimeError(f"apt-get installed {APT_PACKAGE} but {PROMETHEUS} is missing")
     log(f"[tools] Prometheus installed in {time.monotonic() - started:.0f}s")

@@ -82,65 +82,38 @@ def fake_gpu_plugin_dir() -> Path:
     return cp.bin_dir() / f"fake-gpu-plugin-{FAKE_GPU_PLUGIN}-{versions.KUBERNETES}"
 
 
-def _tools_go(imports: list[str]) -> str:
-    # A build-tagged file: `go mod tidy` records the commands' dependencies, `go build` never compiles it.
-    lines = "\n".join(f'\t_ "{i}"' for i in imports)
-    return f"//go:build tools\n\npackage tools\n\nimport (\n{lines}\n)\n"
-
-
-def _build(workdir: Path, gomod: str, outputs: dict[Path, str], ldflags: str, tags: str = "",
-           main_go: str | None = None) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "go.mod").write_text(gomod)
-    if main_go is not None:
-        (workdir / "main.go").write_text(main_go)
-    else:
-        (workdir / "tools.go").write_text(_tools_go(sorted(set(outputs.values()))))
-    env = {"GOFLAGS": "-mod=mod" + (f" -tags={tags}" if tags else "")}
-    cp._go(["mod", "tidy"], workdir, env)
-    for out, pkg in outputs.items():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cp._go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(out), pkg], workdir, env)
-
-
 def compile_kubelet(workdir: Path) -> None:
-    v = versions.KUBERNETES
-    major, minor = v.lstrip("v").split(".")[:2]
     workdir.mkdir(parents=True, exist_ok=True)
-    gomod = "\n".join(["module peakserve.io/harness/kubelet", "", "go 1.24", "",
-                       f"require k8s.io/kubernetes {v}", "", *cp._staging_replaces(v, workdir), ""])
-    # Without the version the node reports v0.0.0 and the apiserver's skew checks misread it.
-    ldflags = " ".join(["-s -w", f"-X k8s.io/component-base/version.gitVersion={v}",
-                        f"-X k8s.io/component-base/version.gitMajor={major}",
-                        f"-X k8s.io/component-base/version.gitMinor={minor}",
-                        "-X k8s.io/component-base/version.gitTreeState=clean"])
-    _build(workdir, gomod, {kubelet_dir() / "kubelet": "k8s.io/kubernetes/cmd/kubelet"}, ldflags)
+    gomod, ldflags = cp.kubernetes_module("kubelet", workdir)
+    cp._compile_module(workdir, gomod, None, {str(kubelet_dir() / "kubelet"): "k8s.io/kubernetes/cmd/kubelet"},
+                       ldflags)
 
 
 def compile_containerd(workdir: Path) -> None:
     module = "github.com/containerd/containerd/v2"
     gomod = f"module peakserve.io/harness/containerd\n\ngo 1.24\n\nrequire {module} {CONTAINERD}\n"
     ldflags = f"-s -w -X {module}/version.Version={CONTAINERD}"
-    _build(workdir, gomod, {containerd_dir() / c: f"{module}/cmd/{c}" for c in CONTAINERD_COMMANDS},
-           ldflags, tags="no_btrfs,no_devmapper,no_zfs")
+    cp._compile_module(workdir, gomod, None, {str(containerd_dir() / c): f"{module}/cmd/{c}"
+                                              for c in CONTAINERD_COMMANDS},
+                       ldflags, tags="no_btrfs,no_devmapper,no_zfs")
 
 
 def compile_cni(workdir: Path) -> None:
     module = "github.com/containernetworking/plugins"
     gomod = f"module peakserve.io/harness/cni\n\ngo 1.24\n\nrequire {module} {CNI_PLUGINS}\n"
-    _build(workdir, gomod, {cni_dir() / name: f"{module}/{pkg}" for name, pkg in CNI_COMMANDS.items()},
-           "-s -w")
+    cp._compile_module(workdir, gomod, None, {str(cni_dir() / name): f"{module}/{pkg}"
+                                              for name, pkg in CNI_COMMANDS.items()})
 
 
 def compile_pause(workdir: Path) -> None:
-    _build(workdir, "module peakserve.io/harness/pause\n\ngo 1.24\n", {pause_dir() / "pause": "."},
-           "-s -w", main_go=PAUSE_GO)
+    cp._compile_module(workdir, "module peakserve.io/harness/pause\n\ngo 1.24\n", PAUSE_GO,
+                       {str(pause_dir() / "pause"): "."})
 
 
 def compile_fake_gpu_plugin(workdir: Path) -> None:
     staging = "v0." + versions.KUBERNETES.split(".", 1)[1]
     gomod = f"module peakserve.io/harness/fakegpu\n\ngo 1.24\n\nrequire k8s.io/kubelet {staging}\n"
-    _build(workdir, gomod, {fake_gpu_plugin_dir() / "fake-gpu-plugin": "."}, "-s -w", main_go=FAKE_GPU_GO)
+    cp._compile_module(workdir, gomod, FAKE_GPU_GO, {str(fake_gpu_plugin_dir() / "fake-gpu-plugin"): "."})
 
 
 GROUPS = {

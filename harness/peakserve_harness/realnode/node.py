@@ -166,7 +166,7 @@ class RealNode:
     def _write_configs(self, snapshotter: str) -> None:
         lay = self.layout
         pki = Path(self.cluster.dir) / "pki"
-        crt, key = node_client_cert(lay.pki, lay.name, pki / "ca.crt", pki / "ca.key")
+        crt, key = node_client_cert(lay.pki, lay.name, pki)
         lay.kubelet_kubeconfig.write_text(config.kubeconfig(self.cluster.server, (pki / "ca.crt").read_bytes(),
                                                             crt, key, f"system:node:{lay.name}"))
         lay.containerd_config.write_text(config.containerd_toml(lay, host_command("runc"), binaries.cni_dir(),
