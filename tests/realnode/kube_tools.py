@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from peakserve.api.timestamps import parse_rfc3339  # noqa: F401 - the API server's and the CRI's times
+
 from integration.cluster import condition, json_documents, wait_for  # noqa: F401 - shared with every suite
 
 
@@ -34,15 +36,6 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
-
-
-def parse_time(text: str) -> dt.datetime:
-    """RFC 3339 as the API server (seconds) and the CRI's log timestamps (nanoseconds) write it."""
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", text)
-    if not match:
-        raise ValueError(f"not an RFC 3339 UTC time: {text!r}")
-    micros = int((match.group(2) or "0")[:6].ljust(6, "0"))
-    return dt.datetime.fromisoformat(match.group(1)).replace(microsecond=micros, tzinfo=dt.timezone.utc)
 
 
 @contextlib.contextmanager
@@ -96,7 +89,7 @@ def timestamped_logs(argv: list[str], namespace: str, pod: str, container: str) 
     for line in text.splitlines():
         stamp, _, rest = line.partition(" ")
         try:
-            lines.append((parse_time(stamp), rest))
+            lines.append((parse_rfc3339(stamp), rest))
         except ValueError:
             continue
     return lines

@@ -19,7 +19,7 @@ from peakserve_harness.controlplane.tools import ensure_tools
 from peakserve_harness.realnode import service_proxy
 from peakserve_harness.realnode.layout import NODE_LABEL, NODE_TAINT
 
-from .kube_tools import get_json, kubectl as _kubectl, parse_time, condition
+from .kube_tools import get_json, kubectl as _kubectl, parse_rfc3339, condition
 
 pytestmark = [pytest.mark.real_node, pytest.mark.timeout(1800)]
 
@@ -88,8 +88,8 @@ def test_operator_image_runs_and_reconciles(real_node, kubectl_argv, operator_im
             time.sleep(1)
         observed = time.monotonic() - started
         assert _ready_at(pod), f"operator pod not Ready after 240s:\n{_diagnose(kubectl, real_node)}"
-        figures["pod_created_to_ready_s"] = (parse_time(_ready_at(pod))
-                                             - parse_time(pod["metadata"]["creationTimestamp"])).total_seconds()
+        figures["pod_created_to_ready_s"] = (parse_rfc3339(_ready_at(pod))
+                                             - parse_rfc3339(pod["metadata"]["creationTimestamp"])).total_seconds()
         figures["install_to_ready_observed_s"] = round(observed, 1)
 
         # It ran on the real node, as the chart's restricted user, with the image built here.

@@ -33,7 +33,7 @@ from peakserve_harness.realnode.layout import NODE_LABEL, NODE_TAINT
 from peakserve_harness.sample_ranker import fp32_build_spec
 from peakserve_harness.samples import model_deployment
 
-from .kube_tools import (get_json, kubectl, parse_time, condition, port_forward, timestamped_logs,
+from .kube_tools import (get_json, kubectl, parse_rfc3339, condition, port_forward, timestamped_logs,
                          wait_for, watch_pods)
 from .triton_fixtures import built_ranker, operator_on_real_node, triton_image  # noqa: F401 fixtures
 
@@ -140,10 +140,10 @@ def test_model_deployment_served_on_the_real_node(real_node, kubectl_argv, trito
         # The startup probe held: the kubelet reported the container running but not started, pod unready.
         assert any(_running_unready(v) for v in versions), \
             f"never saw the container running but not started in {len(versions)} pod versions"
-        created = parse_time(pod["metadata"]["creationTimestamp"])
-        ready_at = parse_time(condition(pod, "Ready")["lastTransitionTime"])
+        created = parse_rfc3339(pod["metadata"]["creationTimestamp"])
+        ready_at = parse_rfc3339(condition(pod, "Ready")["lastTransitionTime"])
         status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "triton")
-        started_at = parse_time(status["state"]["running"]["startedAt"])
+        started_at = parse_rfc3339(status["state"]["running"]["startedAt"])
         logs = timestamped_logs(kubectl_argv, NS, name, "triton")
         loaded = _first(logs, f"successfully loaded '{NAME}'")
         http_up = _first(logs, "Started HTTPService")
