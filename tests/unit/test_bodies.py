@@ -1,6 +1,6 @@
 """runtime/bodies.py: the latest ModelDeployment body a pass starts from instead of a GET."""
 
-from peakserve.runtime.bodies import LatestBodies
+from peakserve.runtime.bodies import Deployments, LatestBodies
 
 
 def body(version: str, ready: str = "False") -> dict:
@@ -38,3 +38,26 @@ def test_a_version_that_is_not_a_number_is_taken_as_newer():
     bodies.put("ns/m", body("9"))
     bodies.put("ns/m", body("opaque-1"))
     assert bodies.get("ns/m")["metadata"]["resourceVersion"] == "opaque-1"
+
+
+def deployment(version: str, ready: int = 0) -> dict:
+    return {"kind": "Deployment",
+            "metadata": {"name": "ranker", "namespace": "shop", "resourceVersion": version,
+                         "managedFields": [{"manager": "peakserve", "operation": "Apply",
+                                            "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                                           {"manager": "kube-controller-manager", "operation": "Update",
+                                            "subresource": "status", "fieldsV1": {"f:status": {}}}]},
+            "spec": {"replicas": 2}, "status": {"readyReplicas": ready}}
+
+
+def test_deployments_keep_who_owns_the_replicas_and_never_go_back():
+    held = Deployments()
+    held.saw(deployment("200", ready=1))  # what our own apply returned
+    held.saw(deployment("190"))           # the watch, behind it
+    got = held.get("shop", "ranker")
+    assert got["status"]["readyReplicas"] == 1
+    # owns_replicas reads peakserve's entry; no pass reads the others
+    assert got["metadata"]["managedFields"] == [{"manager": "peakserve", "operation": "Apply",
+                                                 "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    held.gone("shop", "ranker")
+    assert held.get("shop", "ranker") is None and len(held) == 0

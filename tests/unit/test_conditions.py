@@ -283,7 +283,8 @@ def test_last_transition_time_moves_when_status_changes():
 
 def test_transitions_reports_only_changes():
     serving = derive_conditions(observed(deployment=deployment()), [], T0)
-    assert transitions([], serving) == []  # healthy first conditions are not news
+    # healthy first conditions are not news, but serving is (a first status can already say so)
+    assert [(c["type"], c["reason"]) for c in transitions([], serving)] == [("Ready", "Serving")]
     loading = derive_conditions(observed(deployment=deployment(ready=0)), [], T0)
     assert transitions([], loading) == []  # every new object starts with its replicas not ready
     stuck = derive_conditions(observed(deployment=deployment(ready=0), pods=[pending_pod(INSUFFICIENT_GPU_MSG)]),
@@ -296,6 +297,17 @@ def test_transitions_reports_only_changes():
     failing = derive_conditions(observed(deployment=deployment(), hpa=hpa("False", "no metrics")), serving, T1)
     changed = transitions(serving, failing)
     assert [(c["type"], c["reason"]) for c in changed] == [("Degraded", "AutoscalerFailing")]
+
+
+def test_a_rollout_that_makes_it_ready_is_one_event():
+    # A new object's first replicas turn ready: Ready=True says so; its rollout's completion is not a second Event.
+    loading = derive_conditions(observed(deployment=deployment(ready=0, updated=2)), [], T0)
+    serving = derive_conditions(observed(deployment=deployment()), loading, T1)
+    assert [(c["type"], c["reason"]) for c in transitions(loading, serving)] == [("Ready", "Serving")]
+    # A rollout that completes while Ready stays True is its own Event.
+    rolling = derive_conditions(observed(deployment=deployment(updated=1)), serving, T1)
+    assert [(c["type"], c["reason"]) for c in transitions(serving, rolling)] == [("Progressing", "RollingOut")]
+    assert [(c["type"], c["reason"]) for c in transitions(rolling, serving)] == [("Progressing", "RolloutComplete")]
 
 
 def test_transitions_counts_a_reason_change():

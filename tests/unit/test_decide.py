@@ -71,7 +71,8 @@ def snapshot_of(case: dict[str, Any]) -> Snapshot:
     slots = {k: tuple(v) if k in LISTS else v for k, v in read.items()}
     return Snapshot(body=body, cause=case["cause"], keda_served=case.get("keda_served", False),
                     gateway_served=case.get("gateway_served", False),
-                    read=frozenset(read), rejected=case.get("rejected"), **slots)
+                    read=frozenset(read), rejected=case.get("rejected"),
+                    applied_generation=case.get("applied_generation"), **slots)
 
 
 def plan_of(case: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from ..decide.plan import Plan
 from .client import ApiException, Kube, error_message
+from .observe import Held
 
 log = logging.getLogger("peakserve.act")
 
@@ -30,15 +31,20 @@ def refuses_input(err: ApiException) -> bool:
     return err.status in (400, 422) or (err.status == 500 and error_message(err).startswith(APPLY_INPUT_ERRORS))
 
 
-def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> dict[str, Any] | None:
-    """Returns the ModelDeployment as the status write left it (None when the plan wrote no status)."""
+def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink,
+        held: Held | None = None) -> dict[str, Any] | None:
+    """Returns the ModelDeployment as the status write left it (None when the plan wrote no status).
+    `held` (the children a pass reads instead of a GET, cluster/observe.py) learns what this pass applied (the
+    API server's answer) and deleted, so the next pass never reads an older one."""
     meta = body["metadata"]
     namespace = meta["namespace"]
     try:
         for obj in plan.dry_run:  # the API server's own validation, before anything changes
             kube.apply(obj, dry_run=True)
         for item in plan.applies:
-            kube.apply(item.obj, manager=item.manager)
+            child = kube.apply(item.obj, manager=item.manager)
+            if held is not None and child.get("kind") == held.KIND:
+                held.saw(child)
     except ApiException as err:
         if refuses_input(err):
             raise Rejected(error_message(err)) from err
@@ -47,6 +53,8 @@ def act(kube: Kube, body: dict[str, Any], plan: Plan, emit: EventSink) -> dict[s
         kube.merge_patch(patch.api_version, patch.kind, namespace, patch.name, patch.patch)
     for gone in plan.deletions:
         kube.delete(gone.api_version, gone.kind, namespace, gone.name)
+        if held is not None and gone.kind == held.KIND:
+            held.gone(namespace, gone.name)
     if plan.status_patch is None:
         return None
     written = kube.patch_status(namespace, meta["name"], plan.status_patch)

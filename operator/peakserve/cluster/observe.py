@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from .. import api
-from ..decide.snapshot import ParsedSpec, Read, Snapshot, first_reads, promotion_reads, second_reads
+from ..decide.snapshot import DRIFT, ParsedSpec, Read, Snapshot, first_reads, promotion_reads, second_reads
 from ..decide.snapshot import RangeResult, metrics_reads
 from .client import ApiException, Kube
 from .prometheus import query_range
@@ -43,15 +43,38 @@ def read_model_deployment(kube: Kube, namespace: str, name: str) -> dict[str, An
     return None if body is None or body["metadata"].get("deletionTimestamp") else body
 
 
-def _read(kube: Kube, namespace: str, read: Read) -> Any:
+class Held(Protocol):
+    """Bodies this process holds of one kind of child (runtime/bodies.Deployments): read instead of a GET."""
+
+    KIND: str
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def saw(self, body: dict[str, Any]) -> None: ...
+
+    def gone(self, namespace: str, name: str) -> None: ...
+
+
+def _read(kube: Kube, namespace: str, read: Read, held: Held | None, fresh: bool) -> Any:
     scope = None if read.cluster else namespace
-    if read.name is not None:
+    if read.name is None:
+        return tuple(kube.list(read.api_version, read.kind, scope, read.selector or "", read.field_selector or ""))
+    if held is None or read.kind != held.KIND:
         return kube.get(read.api_version, read.kind, scope, read.name)
-    return tuple(kube.list(read.api_version, read.kind, scope, read.selector or "", read.field_selector or ""))
+    body = None if fresh else held.get(namespace, read.name)
+    if body is None:
+        body = kube.get(read.api_version, read.kind, scope, read.name)
+        if body is not None:
+            held.saw(body)
+        else:
+            held.gone(namespace, read.name)
+    return body
 
 
 def observe(kube: Kube, body: dict[str, Any], spec: ParsedSpec, cause: str, discovery: Discovery,
-            now: dt.datetime | None = None) -> Snapshot:
+            now: dt.datetime | None = None, held: Held | None = None) -> Snapshot:
+    """`held`: children this process holds the latest bodies of, read instead of a GET; except on a drift pass,
+    whose level-triggered check trusts no copy (it reads them all anew, and keeps what it read)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     snap = Snapshot(body=body, cause=cause, keda_served=discovery.serves(KEDA),
                     gateway_served=discovery.serves(GATEWAY))
@@ -59,7 +82,7 @@ def observe(kube: Kube, body: dict[str, Any], spec: ParsedSpec, cause: str, disc
         found = {}
         for read in reads(snap, spec):
             try:
-                found[read.slot] = _read(kube, snap.namespace, read)
+                found[read.slot] = _read(kube, snap.namespace, read, held, fresh=cause == DRIFT)
             except ApiException as err:
                 # A cluster-wide list refused (no ClusterRole for it): the slot stays unread, and PromotionReady
                 # says it could not check rather than the whole pass failing.

@@ -275,18 +275,30 @@ def derive_conditions(obs: Observed, previous: list[dict[str, Any]], now: str) -
 
 
 def transitions(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Conditions worth an Event: a changed status or reason, or a first appearance that is a warning.
+    """Conditions worth an Event: a changed status or reason, or a first appearance that is a warning or
+    Ready=True.
 
     A new object's first conditions are not news when every new object starts with them: healthy ones
     (not degraded, rolling out), and Ready=False while its first replicas start (like a Deployment's, whose
-    controller reports nothing either). They would only add API writes when hundreds of ModelDeployments are
-    created at the start of a promotion. What holds the replicas back later (a scheduling reason, the progress
-    deadline) changes a reason, and that is an Event.
+    controller reports nothing either). Nor is a rollout's completion in the pass that turns Ready True: the
+    Ready Event says it (a new object's first rollout, or the one that brought replicas back). These would only
+    add API writes when hundreds of ModelDeployments are created at the start of a promotion. What holds the
+    replicas back later (a scheduling reason, the progress deadline) changes a reason, and that is an Event; so
+    is a rollout that completes while Ready stays True.
     """
     before = {c.get("type"): (c.get("status"), c.get("reason")) for c in previous or []}
-    return [c for c in current
-            if before.get(c["type"]) != (c["status"], c["reason"])
-            and (c["type"] in before or (event_type(c) == "Warning" and not _starting(c)))]
+    changed = [c for c in current
+               if before.get(c["type"]) != (c["status"], c["reason"])
+               and (c["type"] in before or _serving(c) or (event_type(c) == "Warning" and not _starting(c)))]
+    if any(_serving(c) for c in changed):  # the rollout is what made it ready
+        changed = [c for c in changed if (c["type"], c["reason"]) != (PROGRESSING, ROLLOUT_COMPLETE)]
+    return changed
+
+
+def _serving(condition: dict[str, Any]) -> bool:
+    """Ready=True is news even as a first condition: the first status of a new object can already say it
+    serves (it is written once its Deployment has reported, decide.status_waits)."""
+    return condition["type"] == READY and condition["status"] == "True"
 
 
 def _starting(condition: dict[str, Any]) -> bool:

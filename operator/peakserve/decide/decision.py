@@ -18,7 +18,7 @@ import datetime as dt
 from typing import Any
 
 from ..api.identity import build_hash
-from ..api.spec import ModelDeploymentSpec, PromotionReadiness
+from ..api.spec import ModelDeploymentSpec, PromotionReadiness, RolloutStatus
 from ..render import ScalingPlan, names, possible_children, render_children, render_scaling
 from ..render.route import render_route
 from ..render.build_job import artifact_uri, render_build_job
@@ -28,9 +28,9 @@ from . import conditions, promotion
 from .build_job import BuildState, build_state, record_patch
 from .plan import HANDOVER_MANAGER, Apply, Delete, Event, Patch, Plan, status_dict
 from .conditions import CHANGE_FREEZE
-from .rollout import RolloutDecision, decide_rollout, template_hash_of
+from .rollout import STABLE, RolloutDecision, decide_rollout, template_hash_of
 from .scaling import ScalingDecision, decide_scaling
-from .snapshot import CHILD, ParsedSpec, Snapshot, served_uri
+from .snapshot import CHILD, SPEC, ParsedSpec, Snapshot, never_reconciled, served_uri
 from .status import derive_status, merge_patch, same_status
 
 # Children whose content comes from free-form input (affinity, tolerations, quantities). The others are
@@ -69,10 +69,28 @@ def handover(deployment: dict[str, Any] | None, desired: dict[str, Any]) -> Appl
 
 
 def accepted(snap: Snapshot) -> bool:
-    """This generation was applied before (a drift check or a resume): no need to dry-run it again."""
+    """This generation was applied before (a drift check or a resume; or, before its status is written, by this
+    process): no need to dry-run it again."""
+    if snap.applied_generation == snap.generation:
+        return True
     ready = conditions.find(snap.previous_status.get("conditions"), conditions.READY)
     return (snap.previous_status.get("observedGeneration") == snap.generation
             and ready.get("reason") != conditions.INVALID_SPEC)
+
+
+# When a new object's first status is written, after the pass that creates its Deployment. A new Deployment
+# and its pods report 7-8 changes over its first 1-2 s (measured at 200 objects on 2 cores); the first status
+# says what they came to, in one write and one pass.
+FIRST_STATUS_AFTER = dt.timedelta(seconds=2)
+
+
+def status_waits(snap: Snapshot, observed: conditions.Observed) -> bool:
+    """The first pass of a new object writes no status: it would only say "creating", and what the Deployment
+    reports in its first seconds is the news. A pass FIRST_STATUS_AFTER later (the child events of those seconds
+    merge into it) writes the first status, with observedGeneration. At 1,000 objects created at once the
+    status written at once and again on the first reports were two ModelDeployment writes in three (each about
+    4 ms of API server CPU, and sent to every watcher)."""
+    return snap.cause == SPEC and never_reconciled(snap) and observed.creating and not observed.invalid
 
 
 def should_converge(snap: Snapshot, build: BuildState | None) -> bool:
@@ -139,6 +157,22 @@ def _observed(snap: Snapshot, spec: ModelDeploymentSpec | None, owner: Owner, in
         scaled_object=keda_object)
 
 
+def _deployment_first(applies: list[Apply]) -> list[Apply]:
+    """The first Deployment of a spec, applied before the other children instead of dry-run. Nothing serves yet,
+    so a dry run would protect nothing: a refusal of the real apply leaves no child behind either, and a new
+    object costs the API server one Deployment apply instead of two (7-8 ms each on an idle one)."""
+    first = [a for a in applies if a.obj["kind"] == "Deployment"]
+    return first + [a for a in applies if a.obj["kind"] != "Deployment"]
+
+
+def _first_rollout(snap: Snapshot, spec: ModelDeploymentSpec | None) -> RolloutStatus | None:
+    """What a pass that only reports says of the rollout when no status has said anything yet (the first
+    pass left its status to a later one, `status_waits`): the Deployment it created is the stable side."""
+    if spec is None or snap.deployment is None or snap.previous_status.get("rollout"):
+        return None
+    return RolloutStatus(phase=STABLE, stable_hash=template_hash_of(snap.deployment))
+
+
 def _freeze(scaling: ScalingDecision | None) -> str | None:
     """Why changes are frozen now: a promotion window (lead time included) is active. Scaling never is."""
     active = scaling.status.active_schedule if scaling else None
@@ -193,6 +227,8 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
         patches += rollout.patches
         if not accepted(snap):
             dry_run = [c for c in children if c["kind"] in DRY_RUN_KINDS]
+            if snap.deployment is None and [c["kind"] for c in dry_run] == ["Deployment"]:
+                applies, dry_run = _deployment_first(applies), []
         deletions = prune(owner, children, snap) + list(rollout.deletions)
     elif valid and scaling is not None and build is not None and not build.passed and snap.deployment is not None \
             and not snap.rejected:
@@ -206,10 +242,14 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
     observed = _observed(snap, valid, owner, invalid, build, applies, rollout)
     observed.promotion = (promo.status, promo.reason, promo.message) if promo else None
     status = derive_status(observed, owner, valid, build, scaling, serving_hash(snap.deployment),
-                           snap.previous_status, now, rollout.status if rollout else None)
+                           snap.previous_status, now, rollout.status if rollout else _first_rollout(snap, valid))
     wakes = [w for w in (scaling.next_change if scaling else None, scaling.wake_at if scaling else None,
                          rollout.wake_at if rollout else None,
                          promo.wake_at if promo else None) if w]
+    if status_waits(snap, observed):
+        return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
+                    deletions=tuple(deletions), wake_at=min(wakes) if wakes else None,
+                    status_at=now + FIRST_STATUS_AFTER)
     return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
                 deletions=tuple(deletions), invalid=invalid, wake_at=min(wakes) if wakes else None,
                 **_status_write(snap.previous_status, status_dict(status)))

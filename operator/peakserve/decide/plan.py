@@ -59,6 +59,7 @@ class Plan:
     status_patch: dict[str, Any] | None = None  # merge patch from the status read to `status`; None: unchanged
     events: tuple[Event, ...] = ()              # one per condition transition, posted after the status patch
     wake_at: dt.datetime | None = None          # reconcile again then (a promotion floor changes)
+    status_at: dt.datetime | None = None        # no status written: a pass that reports writes it then
     invalid: str | None = None                  # why the spec cannot be served, when it cannot
 
     def summary(self) -> dict[str, Any]:
@@ -74,6 +75,7 @@ class Plan:
             "statusChanged": self.status_patch is not None,
             "events": [f"{e.type} {e.reason}: {e.message}" for e in self.events],
             "wakeAt": self.wake_at.isoformat() if self.wake_at else None,
+            "statusAt": self.status_at.isoformat() if self.status_at else None,
             "invalid": self.invalid,
         }
 

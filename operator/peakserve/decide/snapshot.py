@@ -60,6 +60,7 @@ class Snapshot:
     metrics: Mapping[str, RangeResult] = field(default_factory=dict)
     read: frozenset[str] = field(default_factory=frozenset)
     rejected: str | None = None              # the API server refused the rendered children (dry run)
+    applied_generation: int | None = None    # the generation this process applied last, before status says so
 
     @property
     def name(self) -> str:
@@ -112,11 +113,15 @@ def _canary_may_exist(snap: Snapshot) -> bool:
 def first_reads(snap: Snapshot, spec: ParsedSpec) -> list[Read]:
     """The children whose state decides this pass. Objects that only matter for pruning are read when
     the pass may prune: not on a child event, which changes no spec, nor on the first pass of a new object
-    (`never_reconciled`). At 1,000 objects created at once these reads were most of the operator's requests."""
+    (`never_reconciled`), which reads no Deployment either. At 1,000 objects created at once these reads were
+    most of the operator's requests."""
     valid = isinstance(spec, ModelDeploymentSpec)
     child = names.child_name(snap.name)
     pruning = snap.cause != CHILD and not never_reconciled(snap)
-    reads = [Read("deployment", "apps/v1", "Deployment", child)]
+    # The first pass of a new object creates the Deployment: only an earlier pass of this same spec, cut off
+    # before its status write, can have made one, and applying it again is what this pass does anyway.
+    creating = snap.cause == SPEC and never_reconciled(snap)
+    reads = [] if creating else [Read("deployment", "apps/v1", "Deployment", child)]
     if pruning or (valid and spec.autoscaling is not None):
         reads.append(Read("hpa", "autoscaling/v2", "HorizontalPodAutoscaler", child))
     # The ScaledObject is read to prune it, and whenever KEDA scales this spec: its conditions feed Degraded.
@@ -152,6 +157,8 @@ def _claim_read(snap: Snapshot, spec: ParsedSpec) -> Read | None:
     rollout = snap.previous_status.get("rollout") or {}
     live = ((snap.deployment.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_TEMPLATE_HASH)
     if snap.cause != SPEC and rollout.get("phase") == "Stable" and rollout.get("stableHash") == live:
+        return None
+    if snap.cause == CHILD and snap.applied_generation == snap.generation:  # the first report of a new object
         return None
     uri = served_uri(spec)
     if not uri.startswith("pvc://"):

@@ -22,6 +22,7 @@ from ..cluster.client import ApiException, Kube, resource_path
 from ..decide import CHILD, SPEC
 from ..render.names import ANNOTATION_MD, MANAGER, label_selector
 from . import metrics
+from .bodies import Deployments
 from .drift import drift_loop
 from .leader import LeaderElection
 from .runtime import FIRST, REFRESH, Runtime
@@ -122,6 +123,11 @@ async def child_changed(body: kopf.Body, namespace: str, type: str | None, memo:
     seen = _CHILD_VERSIONS.pop(meta.get("uid"), None) if type == "DELETED" else _CHILD_VERSIONS.get(meta.get("uid"))
     if type != "DELETED":
         _CHILD_VERSIONS[meta.get("uid")] = meta.get("resourceVersion")
+    if body.get("kind") == Deployments.KIND:  # a pass reads it from here instead of a GET
+        if type == "DELETED":
+            memo.runtime.deployments.gone(namespace, meta.get("name"))
+        else:
+            memo.runtime.deployments.saw(dict(body))
     # A listing (type None) at start: the ModelDeployments' own listing covers it. A listing later is a re-list
     # after "410 Gone" (a kube-apiserver restart): a child that changed meanwhile (a Job finished, pods turned
     # Ready) shows only there, so one whose version moved since this process saw it counts as an event.

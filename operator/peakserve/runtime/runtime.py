@@ -23,8 +23,8 @@ from ..decide import CHILD, DRIFT, SPEC, WAKE, decide
 from ..decide.conditions import READY
 from ..decide.plan import Plan, status_dict
 from . import metrics
-from .bodies import LatestBodies
-from .workqueue import FIRST, REFRESH, WorkQueue
+from .bodies import Deployments, LatestBodies
+from .workqueue import FIRST, REFRESH, SETTLE_SLOT, WorkQueue
 
 __all__ = ["Runtime", "FIRST", "REFRESH"]
 
@@ -48,6 +48,10 @@ def stronger(a: str, b: str) -> str:
     return a if _CAUSE_RANK[a] >= _CAUSE_RANK[b] else b
 
 
+def _seconds_until(moment: dt.datetime) -> float:
+    return max(0.0, (moment - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
 def _worth_retrying(err: BaseException) -> bool:
     """A pass that failed is tried again with backoff, unless the object is gone."""
     return not (isinstance(err, ApiException) and err.status == 404)
@@ -66,6 +70,10 @@ class Runtime:
         # a resume, and must not converge every object again.
         self._known: set[str] = set()
         self.bodies = LatestBodies()
+        self.deployments = Deployments()
+        # key -> (uid, generation) a first pass applied while leaving its status to the Deployment's first report
+        # (decide.status_waits): the pass that reports it knows the generation is in place.
+        self._applied: dict[str, tuple[str, int]] = {}
 
     def submit(self, namespace: str, name: str, cause: str, priority: int = FIRST) -> None:
         """Queue a pass; it merges with one already waiting for this object. Returns at once."""
@@ -104,6 +112,7 @@ class Runtime:
         if plan is None:  # gone: a late child event must not leave a lock behind for every deleted object
             self._locks.pop(key, None)
             self._known.discard(key)
+            self._applied.pop(key, None)
             self.bodies.forget(key)
             return None
         metrics.RECONCILES.labels(result="invalid" if plan.invalid else "success").inc()
@@ -112,6 +121,8 @@ class Runtime:
         promotion = plan.status.autoscaling.promotion if plan.status.autoscaling else None
         metrics.record_promotion(namespace, name, status_dict(promotion) if promotion else None)
         self.wake_at(namespace, name, plan.wake_at)
+        if plan.status_at:  # the first status: a pass that only reports, into which the children's events merge
+            self.queue.add_after(key, CHILD, _seconds_until(plan.status_at), REFRESH, slot=SETTLE_SLOT)
         return plan
 
     def _read(self, namespace: str, name: str, cause: str) -> dict[str, Any] | None:
@@ -132,13 +143,19 @@ class Runtime:
             return None
         spec = spec_or_reason(body.get("spec"))
         now = dt.datetime.now(dt.timezone.utc)
-        snapshot = observe(self.kube, body, spec, cause, self.discovery, now)
+        key = f"{namespace}/{name}"
+        uid, applied = self._applied.get(key, (None, None))
+        snapshot = observe(self.kube, body, spec, cause, self.discovery, now, self.deployments)
+        snapshot = dataclasses.replace(snapshot, applied_generation=applied if uid == body["metadata"].get("uid")
+                                       else None)
         plan = decide(spec, snapshot, now)
         try:
-            written = act(self.kube, body, plan, self.emit)
+            written = act(self.kube, body, plan, self.emit, self.deployments)
         except Rejected as err:
             plan = decide(spec, dataclasses.replace(snapshot, rejected=str(err)), now)
-            written = act(self.kube, body, plan, self.emit)
+            written = act(self.kube, body, plan, self.emit, self.deployments)
+        if plan.status_at:  # applied, and no status says so yet
+            self._applied[key] = (body["metadata"].get("uid"), snapshot.generation)
         if written:  # the next pass starts from our own status, even before the watch brings it back
             self.bodies.put(f"{namespace}/{name}", written)
         return plan
@@ -150,8 +167,7 @@ class Runtime:
         if moment is None:
             self.queue.cancel(key)
             return
-        delay = max(0.0, (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 0.5
-        self.queue.add_after(key, WAKE, delay, REFRESH)
+        self.queue.add_after(key, WAKE, _seconds_until(moment) + 0.5, REFRESH)
 
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: its children go with it through ownerReferences."""
@@ -161,5 +177,6 @@ class Runtime:
         metrics.record_promotion(namespace, name, None)
         self._locks.pop(key, None)
         self._known.discard(key)
+        self._applied.pop(key, None)
         self.bodies.forget(key)
         self.queue.forget(key)
