@@ -246,13 +246,10 @@ def decide(spec: ParsedSpec, snap: Snapshot, now: dt.datetime) -> Plan:
     wakes = [w for w in (scaling.next_change if scaling else None, scaling.wake_at if scaling else None,
                          rollout.wake_at if rollout else None,
                          promo.wake_at if promo else None) if w]
-    if status_waits(snap, observed):
-        return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
-                    deletions=tuple(deletions), wake_at=min(wakes) if wakes else None,
-                    status_at=now + FIRST_STATUS_AFTER)
+    write = ({"status_at": now + FIRST_STATUS_AFTER} if status_waits(snap, observed)
+             else _status_write(snap.previous_status, status_dict(status)))
     return Plan(status=status, dry_run=tuple(dry_run), applies=tuple(applies), patches=tuple(patches),
-                deletions=tuple(deletions), invalid=invalid, wake_at=min(wakes) if wakes else None,
-                **_status_write(snap.previous_status, status_dict(status)))
+                deletions=tuple(deletions), invalid=invalid, wake_at=min(wakes) if wakes else None, **write)
 
 
 def _promotion(spec: ModelDeploymentSpec, snap: Snapshot, scaling: ScalingDecision,

@@ -117,10 +117,11 @@ def first_reads(snap: Snapshot, spec: ParsedSpec) -> list[Read]:
     most of the operator's requests."""
     valid = isinstance(spec, ModelDeploymentSpec)
     child = names.child_name(snap.name)
-    pruning = snap.cause != CHILD and not never_reconciled(snap)
+    new = never_reconciled(snap)
+    pruning = snap.cause != CHILD and not new
     # The first pass of a new object creates the Deployment: only an earlier pass of this same spec, cut off
     # before its status write, can have made one, and applying it again is what this pass does anyway.
-    creating = snap.cause == SPEC and never_reconciled(snap)
+    creating = snap.cause == SPEC and new
     reads = [] if creating else [Read("deployment", "apps/v1", "Deployment", child)]
     if pruning or (valid and spec.autoscaling is not None):
         reads.append(Read("hpa", "autoscaling/v2", "HorizontalPodAutoscaler", child))

@@ -71,8 +71,8 @@ class Runtime:
         self._known: set[str] = set()
         self.bodies = LatestBodies()
         self.deployments = Deployments()
-        # key -> (uid, generation) a first pass applied while leaving its status to the Deployment's first report
-        # (decide.status_waits): the pass that reports it knows the generation is in place.
+        # key -> (uid, generation) a first pass applied while leaving its status to a later pass
+        # (decide.status_waits), until a status is written: that pass knows the generation is in place.
         self._applied: dict[str, tuple[str, int]] = {}
 
     def submit(self, namespace: str, name: str, cause: str, priority: int = FIRST) -> None:
@@ -143,11 +143,11 @@ class Runtime:
             return None
         spec = spec_or_reason(body.get("spec"))
         now = dt.datetime.now(dt.timezone.utc)
-        key = f"{namespace}/{name}"
-        uid, applied = self._applied.get(key, (None, None))
+        key, uid = f"{namespace}/{name}", body["metadata"].get("uid")
+        applied = self._applied.get(key)
         snapshot = observe(self.kube, body, spec, cause, self.discovery, now, self.deployments)
-        snapshot = dataclasses.replace(snapshot, applied_generation=applied if uid == body["metadata"].get("uid")
-                                       else None)
+        if applied and applied[0] == uid:
+            snapshot = dataclasses.replace(snapshot, applied_generation=applied[1])
         plan = decide(spec, snapshot, now)
         try:
             written = act(self.kube, body, plan, self.emit, self.deployments)
@@ -155,9 +155,10 @@ class Runtime:
             plan = decide(spec, dataclasses.replace(snapshot, rejected=str(err)), now)
             written = act(self.kube, body, plan, self.emit, self.deployments)
         if plan.status_at:  # applied, and no status says so yet
-            self._applied[key] = (body["metadata"].get("uid"), snapshot.generation)
+            self._applied[key] = (uid, snapshot.generation)
         if written:  # the next pass starts from our own status, even before the watch brings it back
-            self.bodies.put(f"{namespace}/{name}", written)
+            self._applied.pop(key, None)  # the status says what was applied from now on
+            self.bodies.put(key, written)
         return plan
 
     def wake_at(self, namespace: str, name: str, moment: dt.datetime | None) -> None:
