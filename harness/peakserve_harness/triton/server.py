@@ -190,7 +190,9 @@ class LocalTriton:
         Raises TritonStartError (the log's error lines, then its tail) when the server exits (it is
         reaped, with its stubs) or is not ready within ``timeout`` (it is left running: stop() it,
         as leaving the ``with`` block does). Ready means: ``/v2/health/ready`` is 200 (strict: all
-        models loaded and warmed up) from a server whose ``/v2`` name is this one's ``server_id``.
+        models loaded and warmed up) from a server whose ``/v2`` name is this one's ``server_id``,
+        and its metrics endpoint answers (Triton starts it after the HTTP endpoint, so a scrape
+        right after a bare health check can be refused).
         A server that lost a port race is restarted on fresh ports (at most twice), unless its ports
         are fixed.
         """
@@ -212,7 +214,7 @@ class LocalTriton:
                 raise TritonStartError(
                     f"tritonserver exited with code {code} before it was ready; "
                     f"{self._failure_report(tail)}")
-            if self.is_ready() and self.is_ours() and self.running:
+            if self.is_ready() and self.is_ours() and self.serves_metrics() and self.running:
                 return time.monotonic() - t0
             if time.monotonic() >= deadline:
                 raise TritonStartError(
@@ -244,6 +246,13 @@ class LocalTriton:
         try:
             with DIRECT.open(f"{self.http_url}/v2", timeout=2) as r:
                 return json.loads(r.read()).get("name") == self.server_id
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def serves_metrics(self) -> bool:
+        try:
+            with DIRECT.open(self.metrics_url, timeout=2) as r:
+                return r.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
