@@ -185,10 +185,12 @@ def test_service_forwarder_copies_both_ways_and_never_binds_all_addresses():
         loop.call_soon_threadsafe(loop.stop)
         runner.join(timeout=10)
         # Let the cancelled server and its pipes finish on this loop before closing it: a coroutine left
-        # pending would be collected later, closing its writer on a closed loop.
+        # pending would be collected later, closing its writer on a closed loop. (gather() of nothing asks
+        # for the thread's current loop, which an earlier test may have unset: only gather what is left.)
         pending = asyncio.all_tasks(loop)
         for t in pending:
             t.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
         echo.close()
