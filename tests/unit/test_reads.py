@@ -68,3 +68,38 @@ def test_a_canary_step_reads_its_analysis_job():
     snap = snapshot(CHILD, 2, {**CANARY, "rollout": {**CANARY["rollout"], "step": 1}})
     jobs = {r.slot: r.name for r in first_reads(snap, spec_or_reason(SPEC_BODY))}
     assert jobs["analysis_job"] == "ranker-analysis-def-1"
+
+
+class _RecordingKube:
+    """Answers observe's reads (our Deployment exists, nothing else) and records what was asked."""
+
+    def __init__(self) -> None:
+        self.gets: list[str] = []
+
+    def get(self, api_version, kind, namespace, name):
+        self.gets.append(kind)
+        if kind != "Deployment":
+            return None
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": namespace, "annotations": {}},
+                "spec": {"replicas": 2}, "status": {}}
+
+    def list(self, *args):
+        return []
+
+    def serves(self, group_version):
+        return False
+
+
+@pytest.mark.parametrize("applied_generation,claim_read", [(None, True), (1, False)])
+def test_the_first_report_of_a_new_object_reads_no_claim(applied_generation, claim_read):
+    """observe builds its snapshot with what this process applied, so the reads that depend on it see it: the pass
+    that writes a new object's first status (the generation it applied, no status yet) reads no claim."""
+    from peakserve.cluster.observe import Discovery, observe
+
+    snap = snapshot(CHILD, 1, None)
+    kube = _RecordingKube()
+    observed = observe(kube, snap.body, spec_or_reason(SPEC_BODY), CHILD, Discovery(kube),
+                       applied_generation=applied_generation)
+    assert observed.applied_generation == applied_generation
+    assert ("PersistentVolumeClaim" in kube.gets) == claim_read

@@ -113,6 +113,15 @@ def _kill_unreaped(proc: subprocess.Popen) -> None:
             pass
 
 
+def _answers_ok(url: str) -> bool:
+    """``url`` answers 200 within 2 s."""
+    try:
+        with DIRECT.open(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 class LocalTriton:
     """A local tritonserver process serving ``model_repository``; a context manager.
 
@@ -250,18 +259,10 @@ class LocalTriton:
             return False
 
     def serves_metrics(self) -> bool:
-        try:
-            with DIRECT.open(self.metrics_url, timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        return _answers_ok(self.metrics_url)
 
     def is_ready(self) -> bool:
-        try:
-            with DIRECT.open(f"{self.http_url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        return _answers_ok(f"{self.http_url}/v2/health/ready")
 
     def terminate(self) -> None:
         """Send SIGTERM without waiting (Triton takes ~3 s to exit: signal many, then stop() each)."""

@@ -72,12 +72,14 @@ def _read(kube: Kube, namespace: str, read: Read, held: Held | None, fresh: bool
 
 
 def observe(kube: Kube, body: dict[str, Any], spec: ParsedSpec, cause: str, discovery: Discovery,
-            now: dt.datetime | None = None, held: Held | None = None) -> Snapshot:
+            now: dt.datetime | None = None, held: Held | None = None,
+            applied_generation: int | None = None) -> Snapshot:
     """`held`: children this process holds the latest bodies of, read instead of a GET; except on a drift pass,
-    whose level-triggered check trusts no copy (it reads them all anew, and keeps what it read)."""
+    whose level-triggered check trusts no copy (it reads them all anew, and keeps what it read).
+    `applied_generation`: what this process applied before any status says so (Snapshot); the reads depend on it."""
     now = now or dt.datetime.now(dt.timezone.utc)
     snap = Snapshot(body=body, cause=cause, keda_served=discovery.serves(KEDA),
-                    gateway_served=discovery.serves(GATEWAY))
+                    gateway_served=discovery.serves(GATEWAY), applied_generation=applied_generation)
     for reads in (first_reads, second_reads, lambda s, p: promotion_reads(s, p, now)):
         found = {}
         for read in reads(snap, spec):

@@ -110,10 +110,7 @@ class Runtime:
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         if plan is None:  # gone: a late child event must not leave a lock behind for every deleted object
-            self._locks.pop(key, None)
-            self._known.discard(key)
-            self._applied.pop(key, None)
-            self.bodies.forget(key)
+            self._drop(key)
             return None
         metrics.RECONCILES.labels(result="invalid" if plan.invalid else "success").inc()
         metrics.record_ready(key, next((c.status for c in plan.status.conditions if c.type == READY), "Unknown"))
@@ -145,9 +142,8 @@ class Runtime:
         now = dt.datetime.now(dt.timezone.utc)
         key, uid = f"{namespace}/{name}", body["metadata"].get("uid")
         applied = self._applied.get(key)
-        snapshot = observe(self.kube, body, spec, cause, self.discovery, now, self.deployments)
-        if applied and applied[0] == uid:
-            snapshot = dataclasses.replace(snapshot, applied_generation=applied[1])
+        snapshot = observe(self.kube, body, spec, cause, self.discovery, now, self.deployments,
+                           applied_generation=applied[1] if applied and applied[0] == uid else None)
         plan = decide(spec, snapshot, now)
         try:
             written = act(self.kube, body, plan, self.emit, self.deployments)
@@ -176,8 +172,12 @@ class Runtime:
         metrics.record_ready(key, None)
         metrics.record_autoscaling(namespace, name, None)
         metrics.record_promotion(namespace, name, None)
+        self._drop(key)
+        self.queue.forget(key)
+
+    def _drop(self, key: str) -> None:
+        """Forget what this process holds for one ModelDeployment (found gone by a pass, or deleted)."""
         self._locks.pop(key, None)
         self._known.discard(key)
         self._applied.pop(key, None)
         self.bodies.forget(key)
-        self.queue.forget(key)
