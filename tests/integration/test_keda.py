@@ -167,9 +167,12 @@ def test_a_broken_trigger_degrades_the_model_deployment(kubectl, operator, ns, k
 
 # ---------------------------------------------------------------------------- the closed loop through KEDA
 LOOP_CAPACITY_RPS = 50    # stated: 20 ms per request (GPU_MS), one instance, no batching
-LOOP_UTILIZATION = 80     # each pod aimed at 40 requests/s: 100 requests/s needs ceil(100 / 40) = 3 replicas
-# Served requests/s cannot exceed what the replicas serve: one replica reads at most 50 (-> 2), two at most
-# 100 (-> 3), and each new series fills its 30 s rate window from 0 first. Up takes two steps of ~30 s.
+LOOP_UTILIZATION = 60     # each pod aimed at 30 requests/s: 100 requests/s needs ceil(100 / 30) = 4 replicas
+# Served requests/s cannot exceed what the replicas serve, and the HPA moves only beyond its 10 % tolerance.
+# One replica serves 50/s at best but only ~41/s on a loaded 2-core CI host (a CI run saw 41.8 against a
+# 40/s target, inside the tolerance, and never scaled), so the target keeps headroom below the worst served
+# rate: one replica at >= 41 -> 2, two at >= 82 -> 3 or 4. Each new series fills its 30 s rate window from
+# 0 first, so up takes two steps.
 LOOP_RATE, LOOP_SECONDS = 100, 90
 
 
@@ -212,7 +215,7 @@ def test_the_closed_loop_scales_through_keda_on_request_rate(cluster, kubectl, o
             kubectl.apply(body)
             so = wait_for(lambda: kubectl.get("scaledobject", "ranker", ns), timeout=30, what="the ScaledObject")
             trigger = next(t for t in so["spec"]["triggers"] if t["type"] == "prometheus")
-            assert trigger["metricType"] == "AverageValue" and trigger["metadata"]["threshold"] == "40", trigger
+            assert trigger["metricType"] == "AverageValue" and trigger["metadata"]["threshold"] == "30", trigger
             assert "nv_inference_request_success" in trigger["metadata"]["query"], trigger
             assert trigger["metadata"]["serverAddress"] == prometheus.url
             wait_for(lambda: servers.count() == 1, timeout=60, what="a tritonserver behind the first pod")
@@ -229,7 +232,7 @@ def test_the_closed_loop_scales_through_keda_on_request_rate(cluster, kubectl, o
             started = time.monotonic()
             load.start()
 
-            # Up: the Deployment-wide request rate over 30 s, per replica, against 40 requests/s.
+            # Up: the Deployment-wide request rate over 30 s, per replica, against 30 requests/s.
             query = trigger["metadata"]["query"]
             wait_for(lambda: loop_state(kubectl, ns, prometheus, query) >= 3, timeout=LOOP_SECONDS - 5, interval=2,
                      what="KEDA's HPA to scale up on the request rate")
