@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -107,13 +108,15 @@ def install_gateway_api(kube, *, version: str = versions.GATEWAY_API, wait: bool
                         log: Callable[[str], None] = print) -> list[str]:
     """Apply the standard channel server-side (``kube``: a peakserve.cluster.client.Kube); the CRD names."""
     started = time.monotonic()
-    names = []
+    crds = []
     for obj in manifests(version, log):
         _apply(kube, obj)
         if obj["kind"] == "CustomResourceDefinition":
-            names.append(obj["metadata"]["name"])
+            crds.append(obj)
+    names = [c["metadata"]["name"] for c in crds]
     if wait:
         wait_established(kube, names, timeout)
+        _open_storage(kube, crds, timeout)
     log(f"[gateway-api] {MODULE} {version}: {len(names)} CRDs established in {time.monotonic() - started:.1f}s")
     return names
 
@@ -121,7 +124,9 @@ def install_gateway_api(kube, *, version: str = versions.GATEWAY_API, wait: bool
 def uninstall_gateway_api(kube, *, version: str = versions.GATEWAY_API, timeout: float = 60) -> None:
     """Delete what install_gateway_api applied (routes and gateways go with their CRDs); wait until
     the API server no longer serves the group."""
-    for obj in reversed(manifests(version, log=lambda m: None)):
+    objects = manifests(version, log=lambda m: None)
+    _open_storage(kube, [o for o in objects if o["kind"] == "CustomResourceDefinition"], timeout, missing_ok=True)
+    for obj in reversed(objects):
         try:
             kube.call("DELETE", f"{_COLLECTIONS[obj['kind']]}/{obj['metadata']['name']}")
         except Exception as err:  # noqa: BLE001 - only "already gone" is expected here
@@ -133,6 +138,35 @@ def uninstall_gateway_api(kube, *, version: str = versions.GATEWAY_API, timeout:
             return
         time.sleep(0.3)
     raise RuntimeError(f"{GROUP}/v1 still served {timeout:.0f}s after its CRDs were deleted")
+
+
+def _open_storage(kube, crds: list[dict], timeout: float, missing_ok: bool = False) -> None:
+    """Until each CRD's watch cache is ready. The API server creates a custom resource's storage (and its
+    watch cache) on the first request for it. A CRD deleted before that has its storage created by the CRD
+    finalizer itself, whose first list then meets a cache still initializing ("storage is (re)initializing"),
+    and its retry came minutes later: the CRD stayed Terminating and the group served for 3 to 4 minutes
+    (seen here 1 time in ~13; the same in operator-framework/operator-controller#1437). A watch is served
+    only from the watch cache, and waits for it: one that returns proves the cache ready. The field selector
+    matches nothing, so the answer is empty. ``missing_ok``: a CRD already gone needs nothing."""
+    def ready(crd: dict) -> None:
+        version = next(v["name"] for v in crd["spec"]["versions"] if v.get("served"))
+        path = f"/apis/{crd['spec']['group']}/{version}/{crd['spec']['names']['plural']}"
+        query = [("watch", "1"), ("timeoutSeconds", "1"), ("fieldSelector", "metadata.name=storage-probe")]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kube.call("GET", path, query=query)
+                return
+            except Exception as err:  # noqa: BLE001 - 404/429/503 while the API server catches up
+                if missing_ok and getattr(err, "status", None) == 404:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{path} did not serve a watch within {timeout:.0f}s: {err}") from err
+                time.sleep(0.3)
+
+    # One second per watch: all at once.
+    with ThreadPoolExecutor(max_workers=len(crds) or 1) as pool:
+        list(pool.map(ready, crds))
 
 
 def established(kube, name: str) -> bool:
