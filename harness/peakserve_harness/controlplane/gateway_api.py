@@ -108,15 +108,13 @@ def install_gateway_api(kube, *, version: str = versions.GATEWAY_API, wait: bool
                         log: Callable[[str], None] = print) -> list[str]:
     """Apply the standard channel server-side (``kube``: a peakserve.cluster.client.Kube); the CRD names."""
     started = time.monotonic()
-    crds = []
+    names = []
     for obj in manifests(version, log):
         _apply(kube, obj)
         if obj["kind"] == "CustomResourceDefinition":
-            crds.append(obj)
-    names = [c["metadata"]["name"] for c in crds]
+            names.append(obj["metadata"]["name"])
     if wait:
         wait_established(kube, names, timeout)
-        _open_storage(kube, crds, timeout)
     log(f"[gateway-api] {MODULE} {version}: {len(names)} CRDs established in {time.monotonic() - started:.1f}s")
     return names
 
@@ -145,7 +143,8 @@ def _open_storage(kube, crds: list[dict], timeout: float, missing_ok: bool = Fal
     watch cache) on the first request for it. A CRD deleted before that has its storage created by the CRD
     finalizer itself, whose first list then meets a cache still initializing ("storage is (re)initializing"),
     and its retry came minutes later: the CRD stayed Terminating and the group served for 3 to 4 minutes
-    (seen here 1 time in ~13; the same in operator-framework/operator-controller#1437). A watch is served
+    (seen here in 2 of 23 install/uninstall cycles; the same in operator-framework/operator-controller#1437).
+    Only the uninstall needs it, just before its deletes. A watch is served
     only from the watch cache, and waits for it: one that returns proves the cache ready. The field selector
     matches nothing, so the answer is empty. ``missing_ok``: a CRD already gone needs nothing."""
     def ready(crd: dict) -> None:
